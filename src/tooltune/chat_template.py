@@ -1,0 +1,91 @@
+"""Render chat templates the way ``tokenizer.apply_chat_template`` does, in a sandboxed Jinja environment.
+
+The same renderer serves training (the ``jinja`` template), ``tooltune chat``, the server and evaluation, so the text
+a model is trained on is byte for byte the text it is served.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from tooltune.errors import TooltuneError
+
+
+class ChatTemplateError(TooltuneError, ValueError):
+    pass
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    # transformers' tojson: no HTML escaping and non-ASCII kept, unlike Jinja's built-in filter.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=32)
+def compile_template(source: str) -> Any:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        raise ChatTemplateError(f"chat template does not compile: {exc}") from exc
+
+
+def render(
+    template: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+    bos_token: str = "",
+    eos_token: str = "",
+    **extra: Any,
+) -> str:
+    """Render like ``apply_chat_template(..., tokenize=False)``."""
+    compiled = compile_template(template)
+    try:
+        return compiled.render(
+            messages=messages,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            **extra,
+        )
+    except TemplateError as exc:
+        raise ChatTemplateError(f"chat template failed: {exc}") from exc
+
+
+def load_from_tokenizer_dir(path: str | Path) -> str | None:
+    """The chat template a tokenizer directory carries (``chat_template.jinja`` wins, as in transformers)."""
+    path = Path(path)
+    jinja_file = path / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        cfg_file = path / name
+        if cfg_file.is_file():
+            template = json.loads(cfg_file.read_text(encoding="utf-8")).get("chat_template")
+            if isinstance(template, list):  # named templates: take "default"
+                named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+                template = named.get("default") or next(iter(named.values()), None)
+            if isinstance(template, str):
+                return template
+    return None
