@@ -40,7 +40,9 @@ def _base_kwargs(tokenizer_dir: Path) -> dict[str, Any]:
     }
 
 
-def make_tiny_llama(out_dir: str | Path, tokenizer_dir: Path = SMOLLM2_TOKENIZER, seed: int = 0, **overrides: Any) -> Path:
+def make_tiny_llama(
+    out_dir: str | Path, tokenizer_dir: Path = SMOLLM2_TOKENIZER, seed: int = 0, **overrides: Any
+) -> Path:
     """A 2-layer LlamaForCausalLM (SmolLM2's architecture) with the given tokenizer."""
     torch.manual_seed(seed)
     kwargs = _base_kwargs(tokenizer_dir) | {"tie_word_embeddings": True, "rope_theta": 100000.0} | overrides

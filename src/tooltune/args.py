@@ -174,7 +174,9 @@ def split_argv(argv: list[str], bool_keys: set[str]) -> tuple[dict[str, Any], li
     return values, positionals
 
 
-def parse_into(classes: tuple[type, ...], argv: list[str], *, positional_names: tuple[str, ...] = ()) -> tuple[Any, ...]:
+def parse_into(
+    classes: tuple[type, ...], argv: list[str], *, positional_names: tuple[str, ...] = ()
+) -> tuple[Any, ...]:
     """Parse ``argv`` (optionally led by a YAML/JSON config) into one instance of each dataclass in ``classes``.
 
     A key may belong to several dataclasses (e.g. ``cutoff_len``); each receives it. Positional arguments that are

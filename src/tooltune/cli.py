@@ -21,7 +21,8 @@ from tooltune.errors import TooltuneError
 
 app = typer.Typer(
     name="tooltune",
-    help="Fine-tune an open LLM to call your tools, then ship it: dataset → preview → LoRA → merge → GGUF → serve → eval.",
+    help="Fine-tune an open LLM to call your tools, then ship it: "
+    "dataset → preview → LoRA → merge → GGUF → serve → eval.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -70,7 +71,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """tooltune."""
 

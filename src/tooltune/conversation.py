@@ -50,7 +50,7 @@ class ToolCall:
 
     @classmethod
     def from_any(cls, raw: Any) -> ToolCall:
-        """Accept OpenAI (``function`` wrapper, string arguments), Ollama (object arguments) or bare ``{name, arguments}``."""
+        """Accept OpenAI (``function`` wrapper, string arguments), Ollama (object arguments) or bare shapes."""
         if not isinstance(raw, dict):
             raise ConversationError(f"tool call must be an object, got {type(raw).__name__}")
         call_id = raw.get("id")
