@@ -1,0 +1,298 @@
+"""Conversation → ``input_ids`` and ``labels``: template turns, masking, cutoff and optional packing.
+
+Public API (training, preview and preprocess call these):
+
+    encode_conversation(conv, template, tokenizer=None, cutoff_len=2048, policy="safe",
+                        train_on_prompt=False, mask_history=False) -> Encoded      (raises EncodeError if skipped)
+    encode_dataset(conversations, template, cutoff_len=2048, policy="safe", train_on_prompt=False,
+                   mask_history=False, packing=False, on_progress=None) -> EncodeReport
+    pack_samples(samples, cutoff_len) -> list[PackedBlock]
+
+Labels are ``IGNORE_INDEX`` (-100) for every token the model must not learn to produce: prompts (system, tools, user
+turns, tool results, assistant headers) and, with ``mask_history``, every response but the last. Each response keeps
+its end-of-turn tokens (``<|im_end|>\\n`` for qwen) so the model learns to stop.
+
+Cutoff policies:
+- ``lf``: LLaMA-Factory's ``infer_seqlen``: every turn is cut to share the remaining budget, keeping the beginning of
+  prompt and response. Bit-compatible with LLaMA-Factory 0.9.5, but it can end a sample in the middle of a tool
+  call's JSON, which teaches the model to emit broken calls.
+- ``safe`` (default): keep whole turns from the start while they fit and drop the trailing ones; a sample whose first
+  turn alone exceeds ``cutoff_len`` is reported in ``EncodeReport.skipped`` rather than cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tooltune.conversation import Conversation
+from tooltune.errors import TooltuneError
+from tooltune.templates.base import Template, TemplateError, TokenTurns
+
+IGNORE_INDEX = -100
+Policy = Literal["safe", "lf"]
+POLICIES: tuple[str, ...] = ("safe", "lf")
+
+
+class EncodeError(TooltuneError, ValueError):
+    """A conversation that yields no sample (too long for the safe policy, or the template cannot lay it out)."""
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool  # tokens were cut (lf) or trailing turns dropped (safe)
+    position: int = 0  # index in the list of conversations given to encode_dataset
+    source: str | None = None  # file the conversation came from
+    record: int | None = None  # record index in that file
+    turns: int = 0  # assistant turns in the conversation
+    kept_turns: int = 0  # assistant turns present (whole or cut) in the sample
+    full_length: int = 0  # tokens before cutoff
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    def where(self) -> str:
+        return f"{self.source} record {self.record}" if self.source is not None else f"sample {self.position}"
+
+
+@dataclass
+class Skipped:
+    position: int
+    source: str | None
+    record: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.source} record {self.record}" if self.source is not None else f"sample {self.position}"
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class PackedBlock:
+    """Several samples in one sequence; ``position_ids`` restart at 0 for each so attention can tell them apart."""
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+    sample_positions: list[int]
+
+
+@dataclass
+class EncodeReport:
+    samples: list[Encoded] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    blocks: list[PackedBlock] | None = None  # set when packing
+    cutoff_len: int = 0
+    policy: str = "safe"
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s.input_ids) for s in self.samples)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(s.trained_tokens for s in self.samples)
+
+    @property
+    def truncated(self) -> int:
+        return sum(1 for s in self.samples if s.truncated)
+
+    def length_percentiles(self, points: tuple[int, ...] = (50, 90, 99, 100)) -> dict[int, int]:
+        lengths = sorted(len(s.input_ids) for s in self.samples)
+        if not lengths:
+            return {p: 0 for p in points}
+        # Nearest-rank percentiles: always a length that occurs.
+        return {p: lengths[max(0, -(-p * len(lengths) // 100) - 1)] for p in points}
+
+    def summary(self) -> str:
+        pct = self.length_percentiles()
+        hit = "truncated" if self.policy == "lf" else "shortened (trailing turns dropped)"
+        line = (
+            f"{len(self.samples)} samples, {len(self.skipped)} skipped; {self.tokens} tokens, "
+            f"{self.trained_tokens} trained; length p50 {pct[50]} p90 {pct[90]} p99 {pct[99]} max {pct[100]}; "
+            f"{self.truncated} {hit} at cutoff_len {self.cutoff_len} ({self.policy})"
+        )
+        if self.blocks is not None:
+            line += f"; packed into {len(self.blocks)} blocks"
+        return line
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's split of ``cutoff_len`` between a prompt and its response (same arithmetic, for parity)."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    new_source_len = min(max(cutoff_len - new_target_len, 0), source_len)
+    return new_source_len, new_target_len
+
+
+def _labels(source: list[int], target: list[int], train_prompt: bool, train_response: bool) -> list[int]:
+    source_labels = list(source) if train_prompt else [IGNORE_INDEX] * len(source)
+    target_labels = list(target) if train_response else [IGNORE_INDEX] * len(target)
+    return source_labels + target_labels
+
+
+def build_lf(
+    turns: TokenTurns, cutoff_len: int, train_on_prompt: bool, mask_history: bool
+) -> tuple[list[int], list[int], int]:
+    """LLaMA-Factory's ``_encode_data_example`` for templates without ``efficient_eos`` (qwen, jinja)."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    total = 0
+    kept = 0
+    ordered = turns[::-1] if mask_history else turns  # mask_history gives the last turns priority
+    for turn_index, (source, target) in enumerate(ordered):
+        if total >= cutoff_len:
+            break
+        source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - total)
+        source, target = source[:source_len], target[:target_len]
+        total += source_len + target_len
+        kept += 1
+        turn_labels = _labels(source, target, train_on_prompt, not (mask_history and turn_index != 0))
+        if mask_history:
+            input_ids = source + target + input_ids
+            labels = turn_labels + labels
+        else:
+            input_ids += source + target
+            labels += turn_labels
+    return input_ids, labels, kept
+
+
+def build_safe(
+    turns: TokenTurns, cutoff_len: int, train_on_prompt: bool, mask_history: bool
+) -> tuple[list[int], list[int], int]:
+    """Whole turns from the start while they fit; ``kept == 0`` means even the first turn is too long."""
+    kept = 0
+    total = 0
+    for source, target in turns:
+        if total + len(source) + len(target) > cutoff_len:
+            break
+        total += len(source) + len(target)
+        kept += 1
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for turn_index, (source, target) in enumerate(turns[:kept]):
+        input_ids += source + target
+        labels += _labels(source, target, train_on_prompt, not mask_history or turn_index == kept - 1)
+    return input_ids, labels, kept
+
+
+def encode_turns(
+    turns: TokenTurns,
+    cutoff_len: int,
+    policy: str = "safe",
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> Encoded:
+    if policy not in POLICIES:
+        raise EncodeError(f"unknown cutoff policy {policy!r} (expected one of {', '.join(POLICIES)})")
+    if cutoff_len <= 0:
+        raise EncodeError(f"cutoff_len must be positive, got {cutoff_len}")
+    full_length = sum(len(s) + len(t) for s, t in turns)
+    build = build_lf if policy == "lf" else build_safe
+    input_ids, labels, kept = build(turns, cutoff_len, train_on_prompt, mask_history)
+    if kept == 0:
+        first = len(turns[0][0]) + len(turns[0][1]) if turns else 0
+        raise EncodeError(
+            f"first turn alone is {first} tokens, over cutoff_len {cutoff_len}; raise --cutoff_len or shorten it "
+            "(the safe policy never trains on a cut turn)"
+        )
+    return Encoded(
+        input_ids=input_ids,
+        labels=labels,
+        truncated=len(input_ids) < full_length,
+        turns=len(turns),
+        kept_turns=kept,
+        full_length=full_length,
+    )
+
+
+def encode_conversation(
+    conv: Conversation,
+    template: Template,
+    tokenizer: Any = None,
+    cutoff_len: int = 2048,
+    policy: str = "safe",
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> Encoded:
+    """One conversation; ``tokenizer`` defaults to (and must be) the template's. Raises ``EncodeError``."""
+    if tokenizer is not None and tokenizer is not template.tokenizer:
+        raise EncodeError("encode_conversation: tokenizer differs from the one the template was built with")
+    (turns,) = template.encode_turns([conv])
+    if isinstance(turns, TemplateError):
+        raise EncodeError(str(turns))
+    encoded = encode_turns(turns, cutoff_len, policy, train_on_prompt, mask_history)
+    encoded.source, encoded.record = conv.source, conv.index
+    return encoded
+
+
+def encode_dataset(
+    conversations: list[Conversation],
+    template: Template,
+    cutoff_len: int = 2048,
+    policy: str = "safe",
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+    packing: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    chunk_size: int = 1024,
+) -> EncodeReport:
+    """Every conversation, in order; those that yield no sample are listed in ``skipped`` with the reason."""
+    report = EncodeReport(cutoff_len=cutoff_len, policy=policy)
+    for start in range(0, len(conversations), chunk_size):
+        chunk = conversations[start : start + chunk_size]
+        for offset, (conv, turns) in enumerate(zip(chunk, template.encode_turns(chunk), strict=True)):
+            position = start + offset
+            try:
+                if isinstance(turns, TemplateError):
+                    raise EncodeError(str(turns))
+                encoded = encode_turns(turns, cutoff_len, policy, train_on_prompt, mask_history)
+            except EncodeError as exc:
+                report.skipped.append(Skipped(position, conv.source, conv.index, str(exc)))
+                continue
+            encoded.position, encoded.source, encoded.record = position, conv.source, conv.index
+            report.samples.append(encoded)
+        if on_progress is not None:
+            on_progress(min(start + chunk_size, len(conversations)), len(conversations))
+    if packing:
+        report.blocks = pack_samples(report.samples, cutoff_len)
+    return report
+
+
+def pack_samples(samples: list[Encoded], cutoff_len: int) -> list[PackedBlock]:
+    """First-fit decreasing into blocks of at most ``cutoff_len`` tokens (no padding: the collator pads)."""
+    order = sorted(range(len(samples)), key=lambda i: (-len(samples[i].input_ids), i))
+    room: list[int] = []
+    members: list[list[int]] = []
+    for i in order:
+        length = len(samples[i].input_ids)
+        if length > cutoff_len:
+            raise EncodeError(f"{samples[i].where()}: {length} tokens do not fit a {cutoff_len}-token block")
+        for b, free in enumerate(room):
+            if free >= length:
+                room[b] -= length
+                members[b].append(i)
+                break
+        else:
+            room.append(cutoff_len - length)
+            members.append([i])
+    blocks: list[PackedBlock] = []
+    for group in members:
+        group.sort()
+        block = PackedBlock([], [], [], [])
+        for i in group:
+            block.input_ids += samples[i].input_ids
+            block.labels += samples[i].labels
+            block.position_ids += list(range(len(samples[i].input_ids)))
+            block.sample_positions.append(samples[i].position)
+        blocks.append(block)
+    return blocks

@@ -1,0 +1,146 @@
+"""Masking, the two cutoff policies, history masking, train_on_prompt and packing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tooltune.conversation import Conversation, Message
+from tooltune.data import DataArguments, load_conversations, load_tokenizer
+from tooltune.encode import (
+    IGNORE_INDEX,
+    EncodeError,
+    encode_conversation,
+    encode_dataset,
+    encode_turns,
+    infer_seqlen,
+    pack_samples,
+)
+from tooltune.templates import get_template
+
+
+@pytest.fixture(scope="module")
+def tok(qwen_tokenizer_dir: Path):
+    return load_tokenizer(qwen_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def qwen(tok):
+    return get_template("qwen", tok)
+
+
+@pytest.fixture(scope="module")
+def glaive() -> list[Conversation]:
+    return load_conversations(DataArguments(dataset="glaive_toolcall_en_demo")).conversations
+
+
+def trained_ids(sample) -> list[int]:
+    return [t for t, label in zip(sample.input_ids, sample.labels, strict=True) if label != IGNORE_INDEX]
+
+
+def test_infer_seqlen_matches_llamafactory_arithmetic() -> None:
+    assert infer_seqlen(100, 10, 512) == (100, 10)  # fits
+    assert infer_seqlen(1000, 100, 512) == (412, 100)  # short target: cut the source
+    assert infer_seqlen(100, 1000, 512) == (100, 412)  # short source: cut the target
+    assert infer_seqlen(600, 400, 512) == (308, 204)  # both long: proportional
+
+
+def test_lf_policy_can_cut_a_tool_call_and_safe_never_does(tok, qwen, glaive) -> None:
+    start, end = tok.convert_tokens_to_ids("<tool_call>"), tok.convert_tokens_to_ids("</tool_call>")
+    im_end, newline = tok.convert_tokens_to_ids("<|im_end|>"), tok.encode("\n")[0]
+    lf = encode_dataset(glaive, qwen, cutoff_len=512, policy="lf")
+    cut_calls = [s for s in lf.samples if trained_ids(s).count(start) != trained_ids(s).count(end)]
+    assert cut_calls, "LLaMA-Factory's truncation is expected to cut some tool call at 512"
+
+    safe = encode_dataset(glaive, qwen, cutoff_len=512, policy="safe")
+    assert len(safe.samples) + len(safe.skipped) == 300
+    for sample in safe.samples:
+        assert len(sample.input_ids) <= 512
+        trained = trained_ids(sample)
+        assert trained.count(start) == trained.count(end)
+        assert trained[-2:] == [im_end, newline]  # ends on a whole response
+        if sample.truncated:
+            assert sample.kept_turns < sample.turns
+    for skipped in safe.skipped:
+        assert "first turn alone is" in skipped.reason and "over cutoff_len 512" in skipped.reason
+        assert skipped.source.endswith("glaive_toolcall_en_demo.json") and skipped.record is not None
+    # Same samples as no cutoff when nothing is dropped.
+    full = encode_dataset(glaive, qwen, cutoff_len=100_000, policy="safe")
+    kept = {s.position: s for s in safe.samples if not s.truncated}
+    for sample in full.samples:
+        if sample.position in kept:
+            assert kept[sample.position].input_ids == sample.input_ids
+
+
+def test_safe_policy_drops_trailing_turns_whole(qwen, glaive) -> None:
+    conv = glaive[0]  # four assistant turns
+    full = encode_conversation(conv, qwen, cutoff_len=100_000)
+    turns = qwen.encode_turns([conv])[0]
+    two_turns = sum(len(s) + len(t) for s, t in turns[:2])
+    sample = encode_conversation(conv, qwen, cutoff_len=two_turns + 5)
+    assert sample.kept_turns == 2 and sample.truncated and sample.input_ids == full.input_ids[:two_turns]
+    with pytest.raises(EncodeError, match="first turn alone is"):
+        encode_conversation(conv, qwen, cutoff_len=20)
+
+
+def test_train_on_prompt_and_mask_history(tok, qwen, glaive) -> None:
+    conv = glaive[0]
+    everything = encode_conversation(conv, qwen, train_on_prompt=True)
+    assert everything.labels == everything.input_ids
+    for policy in ("lf", "safe"):
+        last_only = encode_conversation(conv, qwen, policy=policy, mask_history=True)
+        normal = encode_conversation(conv, qwen, policy=policy)
+        assert last_only.input_ids == normal.input_ids
+        last_response = qwen.encode_turns([conv])[0][-1][1]
+        assert trained_ids(last_only) == last_response
+
+
+def test_lf_mask_history_keeps_the_last_turns_under_cutoff(qwen, glaive) -> None:
+    conv = glaive[0]
+    turns = qwen.encode_turns([conv])[0]
+    sample = encode_turns(turns, cutoff_len=len(turns[-1][0]) + len(turns[-1][1]), policy="lf", mask_history=True)
+    assert sample.input_ids == turns[-1][0] + turns[-1][1]
+
+
+def test_packing_keeps_every_sample_with_its_own_positions(qwen, glaive) -> None:
+    report = encode_dataset(glaive[:60], qwen, cutoff_len=2048, packing=True)
+    blocks = report.blocks
+    assert blocks is not None and len(blocks) < len(report.samples)
+    by_position = {s.position: s for s in report.samples}
+    seen = []
+    for block in blocks:
+        assert len(block.input_ids) <= 2048
+        assert len(block.input_ids) == len(block.labels) == len(block.position_ids)
+        offset = 0
+        for position in block.sample_positions:
+            sample = by_position[position]
+            n = len(sample.input_ids)
+            assert block.input_ids[offset : offset + n] == sample.input_ids
+            assert block.labels[offset : offset + n] == sample.labels
+            assert block.position_ids[offset : offset + n] == list(range(n))
+            offset += n
+        seen += block.sample_positions
+    assert sorted(seen) == sorted(by_position)
+    assert pack_samples(report.samples, 2048)[0].input_ids == blocks[0].input_ids  # deterministic
+
+
+def test_report_figures(qwen, glaive) -> None:
+    report = encode_dataset(glaive[:10], qwen, cutoff_len=2048)
+    assert report.tokens == sum(len(s.input_ids) for s in report.samples)
+    pct = report.length_percentiles()
+    lengths = sorted(len(s.input_ids) for s in report.samples)
+    assert pct[100] == lengths[-1] and pct[50] == lengths[4]
+    assert report.summary().startswith(
+        f"10 samples, 0 skipped; {report.tokens} tokens, {report.trained_tokens} trained"
+    )
+
+
+def test_bad_arguments(qwen, glaive) -> None:
+    with pytest.raises(EncodeError, match="unknown cutoff policy"):
+        encode_conversation(glaive[0], qwen, policy="middle")
+    with pytest.raises(EncodeError, match="cutoff_len must be positive"):
+        encode_conversation(glaive[0], qwen, cutoff_len=0)
+    other = Conversation(messages=[Message("user", "x"), Message("user", "y"), Message("assistant", "z")])
+    report = encode_dataset([other], qwen)
+    assert "two prompt turns" in report.skipped[0].reason
