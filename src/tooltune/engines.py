@@ -3,22 +3,447 @@
 ``tooltune chat``, ``tooltune serve`` and ``tooltune eval`` all go through ``load_engine`` so a prompt is rendered
 and decoded the same way whichever file format the model is in.
 
-INTERFACE CONTRACT (implementations are filled in by the serving work; keep these names and signatures):
+Contract (other modules code against these names):
 
-    @dataclass SamplingParams: max_tokens=256, temperature=0.0, top_p=1.0, top_k=0, seed=0,
-                               repeat_penalty=1.0, stop: list[str] = [], grammar: str | None (GBNF text)
-    @dataclass Chunk:   text: str                     (one streamed piece of decoded text)
-    @dataclass Result:  text, finish_reason ("stop" | "length"), prompt_tokens, completion_tokens,
-                        prompt_seconds, decode_seconds, load_seconds
-    class Engine:
-        name: str                         model file/dir name
-        chat_template: str                the model's own Jinja chat template (GGUF metadata or tokenizer)
-        bos_token: str; eos_token: str; stop_tokens: list[str]  (end-of-turn strings, e.g. "<|im_end|>")
-        context_length: int
-        def render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt=True) -> str
-        def tokenize(self, text: str) -> list[int]
-        def generate(self, prompt: str, params: SamplingParams) -> Result
-        def stream(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]   (then .last_result holds Result)
-        def close(self) -> None
-    def load_engine(model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None) -> Engine
+    SamplingParams, Chunk, Result
+    Engine.name / chat_template / bos_token / eos_token / stop_tokens / context_length
+    Engine.render(messages, tools, add_generation_prompt=True) -> str
+    Engine.tokenize(text) -> list[int]
+    Engine.generate(prompt, params) -> Result
+    Engine.stream(prompt, params) -> Iterator[Chunk]   (afterwards ``engine.last_result`` holds the Result)
+    Engine.close()
+    load_engine(model, *, n_ctx=4096, n_threads=None, chat_template=None) -> Engine
+
+Engines are not thread-safe (llama.cpp's context holds one KV cache): callers that serve several clients serialise
+access (see ``tooltune.serve.scheduler``).
 """
+
+from __future__ import annotations
+
+import codecs
+import inspect
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tooltune import chat_template as jinja_chat
+from tooltune.errors import TooltuneError
+
+# End-of-turn markers of common chat templates: if a template mentions one, generation stops there even when the
+# model file's EOS token is a different one (e.g. a base model served with the Qwen template).
+KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>")
+
+
+class EngineError(TooltuneError):
+    """A model that cannot be loaded or a request the engine cannot honour."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    repeat_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    grammar: str | None = None  # GBNF text; only the llama.cpp engine can honour it
+
+
+@dataclass
+class Chunk:
+    text: str
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_seconds: float
+    decode_seconds: float
+    load_seconds: float
+
+
+class _StopMatcher:
+    """Holds back text that could be the start of a stop string, so a stop string never reaches the client."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, stopped)."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        hold = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out) :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Engine:
+    """Shared behaviour: rendering with the model's chat template and the non-streaming ``generate``."""
+
+    name: str
+    chat_template: str
+    bos_token: str = ""
+    eos_token: str = ""
+    stop_tokens: list[str]
+    context_length: int
+    load_seconds: float = 0.0
+    last_result: Result | None = None
+    supports_grammar: bool = False
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+               add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise EngineError(f"{self.name}: the model carries no chat template; pass one with --chat-template")
+        return jinja_chat.render(self.chat_template, messages, tools=tools or None,
+                                 add_generation_prompt=add_generation_prompt,
+                                 bos_token=self.bos_token, eos_token=self.eos_token)
+
+    def tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+        raise NotImplementedError
+
+    def generate(self, prompt: str, params: SamplingParams) -> Result:
+        for _ in self.stream(prompt, params):
+            pass
+        assert self.last_result is not None
+        return self.last_result
+
+    def close(self) -> None:
+        pass
+
+    def _stops(self, params: SamplingParams) -> list[str]:
+        return list(dict.fromkeys([*self.stop_tokens, *params.stop]))
+
+    def _check_budget(self, prompt_tokens: int, params: SamplingParams) -> None:
+        if prompt_tokens >= self.context_length:
+            raise EngineError(
+                f"prompt is {prompt_tokens} tokens but the context holds {self.context_length}; "
+                f"raise num_ctx/--n-ctx or shorten the conversation"
+            )
+
+
+def end_of_turn_strings(template: str, eos_token: str) -> list[str]:
+    found = [marker for marker in KNOWN_END_OF_TURN if marker in template]
+    if eos_token and eos_token not in found:
+        found.append(eos_token)
+    return found
+
+
+class LlamaCppEngine(Engine):
+    """A GGUF file through llama-cpp-python, decoding token by token so counts, stops and cancels are exact."""
+
+    supports_grammar = True
+
+    def __init__(self, path: Path, n_ctx: int = 4096, n_threads: int | None = None,
+                 chat_template: str | None = None) -> None:
+        try:
+            import llama_cpp
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise EngineError("llama-cpp-python is not installed: pip install llama-cpp-python") from exc
+        self._llama_cpp = llama_cpp
+        started = time.perf_counter()
+        threads = n_threads or _default_threads()
+        # Prompt batches get the same thread count as decoding: llama-cpp-python's default (every logical CPU)
+        # oversubscribes hyper-threads, and OpenMP's spinning threads then make prompt evaluation 10x slower.
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   verbose=False)
+        self.load_seconds = time.perf_counter() - started
+        self.path = path
+        self.name = path.stem
+        metadata = self.llm.metadata or {}
+        self.chat_template = chat_template or metadata.get("tokenizer.chat_template", "")
+        self.bos_token = self._token_text(self.llm.token_bos())
+        self.eos_token = self._token_text(self.llm.token_eos())
+        self.add_bos = metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
+        self.stop_tokens = end_of_turn_strings(self.chat_template, self.eos_token)
+        self.context_length = self.llm.n_ctx()
+        self.train_context_length = int(next((v for k, v in metadata.items() if k.endswith(".context_length")), 0))
+        self.metadata = metadata
+        self._is_end_of_generation = self._end_of_generation_check()
+        self._lock = threading.Lock()
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def _end_of_generation_check(self) -> Any:
+        """llama.cpp's own end-of-generation test (EOS, EOT, <|im_end|>...), whichever binding this version has."""
+        lib = self._llama_cpp
+        if hasattr(lib, "llama_vocab_is_eog") and hasattr(lib, "llama_model_get_vocab"):
+            vocab = lib.llama_model_get_vocab(self.llm.model)
+            return lambda token: bool(lib.llama_vocab_is_eog(vocab, token))
+        if hasattr(lib, "llama_token_is_eog"):
+            model = self.llm.model
+            return lambda token: bool(lib.llama_token_is_eog(model, token))
+        eos = self.llm.token_eos()
+        return lambda token: token == eos
+
+    def _compile_grammar(self, gbnf: str) -> Any:
+        """Check a GBNF grammar with llama.cpp's own parser before decoding with it.
+
+        llama-cpp-python hands an unparseable grammar's NULL sampler to the sampler chain, which crashes the process;
+        building the sampler once here turns that into an error for this request only.
+        """
+        lib = self._llama_cpp
+        vocab = lib.llama_model_get_vocab(self.llm.model)
+        probe = lib.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        if not probe:
+            raise EngineError("invalid grammar: llama.cpp could not parse it (see its log above)")
+        lib.llama_sampler_free(probe)
+        return lib.LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def tokenize(self, text: str) -> list[int]:
+        # Templates that write the BOS text themselves must not get a second BOS from the tokenizer.
+        add_bos = self.add_bos and not (self.bos_token and text.startswith(self.bos_token))
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+        if not self._lock.acquire(blocking=False):
+            raise EngineError("engine is busy: llama.cpp runs one request at a time (use the serve scheduler)")
+        try:
+            yield from self._stream_locked(prompt, params)
+        finally:
+            self._lock.release()
+
+    def _stream_locked(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+        self.last_result = None
+        tokens = self.tokenize(prompt)
+        self._check_budget(len(tokens), params)
+        max_tokens = min(params.max_tokens, self.context_length - len(tokens))
+        grammar = self._compile_grammar(params.grammar) if params.grammar else None
+        self.llm.set_seed(params.seed)
+        stop = _StopMatcher(self._stops(params))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        completion: list[int] = []
+        text_parts: list[str] = []
+        finish: Literal["stop", "length"] = "length"
+        generator = self.llm.generate(
+            tokens,
+            top_k=params.top_k if params.top_k > 0 else 0,
+            top_p=params.top_p,
+            min_p=0.0,
+            temp=params.temperature,
+            repeat_penalty=params.repeat_penalty,
+            grammar=grammar,
+            reset=True,
+        )
+        try:
+            for token in generator:
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                if self._is_end_of_generation(token):
+                    finish = "stop"
+                    break
+                completion.append(token)
+                piece = decoder.decode(self.llm.detokenize([token], prev_tokens=tokens + completion[:-1]))
+                emit, stopped = stop.push(piece)
+                if emit:
+                    text_parts.append(emit)
+                    yield Chunk(emit)
+                if stopped:
+                    finish = "stop"
+                    break
+                if len(completion) >= max_tokens:
+                    break
+        finally:
+            generator.close()
+        tail = decoder.decode(b"", final=True) + (stop.flush() if finish == "length" else "")
+        if tail:
+            text_parts.append(tail)
+            yield Chunk(tail)
+        ended = time.perf_counter()
+        first = first_token_at or ended
+        self.last_result = Result(
+            text="".join(text_parts), finish_reason=finish, prompt_tokens=len(tokens),
+            completion_tokens=len(completion), prompt_seconds=first - started, decode_seconds=ended - first,
+            load_seconds=self.load_seconds,
+        )
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.close()
+
+
+class TransformersEngine(Engine):
+    """An HF directory through transformers (safetensors only, no remote code unless asked)."""
+
+    def __init__(self, path: Path, n_ctx: int = 4096, n_threads: int | None = None,
+                 chat_template: str | None = None, trust_remote_code: bool = False) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        started = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, use_safetensors=True, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+        self.model.eval()
+        self.load_seconds = time.perf_counter() - started
+        self._torch = torch
+        self.path = path
+        self.name = path.name
+        self.chat_template = chat_template or jinja_chat.load_from_tokenizer_dir(path) or ""
+        self.bos_token = self.tokenizer.bos_token or ""
+        self.eos_token = self.tokenizer.eos_token or ""
+        self.stop_tokens = end_of_turn_strings(self.chat_template, self.eos_token)
+        max_positions = int(getattr(self.model.config, "max_position_embeddings", n_ctx) or n_ctx)
+        self.context_length = min(n_ctx, max_positions)
+        self.train_context_length = max_positions
+        stop_ids = {self.tokenizer.convert_tokens_to_ids(t) for t in self.stop_tokens}
+        unk = self.tokenizer.unk_token_id
+        self._stop_ids = {i for i in stop_ids if isinstance(i, int) and i >= 0 and i != unk}
+        if self.tokenizer.eos_token_id is not None:
+            self._stop_ids.add(self.tokenizer.eos_token_id)
+        # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns, then goes away).
+        forward_args = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._lock = threading.Lock()
+
+    def tokenize(self, text: str) -> list[int]:
+        # Chat templates write special tokens (BOS included) themselves, as apply_chat_template does.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+        if params.grammar:
+            raise EngineError("constrained output (grammar, tool_choice required/named, format) needs a GGUF model "
+                              "served through llama.cpp")
+        if not self._lock.acquire(blocking=False):
+            raise EngineError("engine is busy: it runs one request at a time (use the serve scheduler)")
+        try:
+            yield from self._stream_locked(prompt, params)
+        finally:
+            self._lock.release()
+
+    def _stream_locked(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+        torch = self._torch
+        self.last_result = None
+        tokens = self.tokenize(prompt)
+        self._check_budget(len(tokens), params)
+        max_tokens = min(params.max_tokens, self.context_length - len(tokens))
+        generator = torch.Generator().manual_seed(params.seed)
+        stop = _StopMatcher(self._stops(params))
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        completion: list[int] = []
+        emitted_text = ""
+        text_parts: list[str] = []
+        finish: Literal["stop", "length"] = "length"
+        input_ids = torch.tensor([tokens])
+        past = None
+        with torch.inference_mode():
+            while len(completion) < max_tokens:
+                out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: past})
+                past = getattr(out, self._cache_arg)
+                token = self._sample(out.logits[0, -1].float(), params, tokens + completion, generator)
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                if token in self._stop_ids:
+                    finish = "stop"
+                    break
+                completion.append(token)
+                input_ids = torch.tensor([[token]])
+                # Decode the whole completion and emit the new suffix: byte-level BPE pieces are not valid UTF-8
+                # on their own, and a replacement char at the end means the character is still incomplete.
+                full = self.tokenizer.decode(completion, skip_special_tokens=False)
+                if full.endswith("\ufffd"):
+                    continue
+                piece, emitted_text = full[len(emitted_text):], full
+                emit, stopped = stop.push(piece)
+                if emit:
+                    text_parts.append(emit)
+                    yield Chunk(emit)
+                if stopped:
+                    finish = "stop"
+                    break
+        tail = stop.flush() if finish == "length" else ""
+        if tail:
+            text_parts.append(tail)
+            yield Chunk(tail)
+        ended = time.perf_counter()
+        first = first_token_at or ended
+        self.last_result = Result(
+            text="".join(text_parts), finish_reason=finish, prompt_tokens=len(tokens),
+            completion_tokens=len(completion), prompt_seconds=first - started, decode_seconds=ended - first,
+            load_seconds=self.load_seconds,
+        )
+
+    def _sample(self, logits: Any, params: SamplingParams, history: list[int], generator: Any) -> int:
+        torch = self._torch
+        if params.repeat_penalty != 1.0 and history:
+            seen = torch.tensor(sorted(set(history)))
+            values = logits[seen]
+            logits[seen] = torch.where(values > 0, values / params.repeat_penalty, values * params.repeat_penalty)
+        if params.temperature <= 0:
+            return int(torch.argmax(logits))
+        logits = logits / params.temperature
+        if params.top_k > 0:
+            kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
+            logits = torch.where(logits < kth, torch.full_like(logits, float("-inf")), logits)
+        probs = torch.softmax(logits, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+            filtered = torch.zeros_like(probs)
+            filtered[order[keep]] = probs[order[keep]]
+            probs = filtered / filtered.sum()
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _default_threads() -> int:
+    """Physical cores, roughly: llama.cpp decodes fastest with one thread per core, not per hyper-thread."""
+    return max(1, min((os.cpu_count() or 2) // 2, 8))
+
+
+def load_engine(model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
+                chat_template: str | None = None, trust_remote_code: bool = False) -> Engine:
+    """A GGUF file loads through llama.cpp, a directory through transformers.
+
+    ``chat_template`` (Jinja source) replaces the model's own template.
+    """
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads, chat_template=chat_template)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EngineError(f"{path}: not a model directory (no config.json)")
+        return TransformersEngine(path, n_ctx=n_ctx, n_threads=n_threads, chat_template=chat_template,
+                                  trust_remote_code=trust_remote_code)
+    if not path.exists():
+        raise EngineError(f"{path}: no such file or directory")
+    raise EngineError(f"{path}: expected a .gguf file or an HF model directory")

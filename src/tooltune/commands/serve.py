@@ -1,0 +1,128 @@
+"""``tooltune serve MODEL``: the Ollama API and the OpenAI API on 127.0.0.1:11434, so the seed's curl works verbatim."""
+
+from __future__ import annotations
+
+import ipaddress
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from tooltune.errors import TooltuneError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434  # Ollama's port: clients and the seed's curl need no change
+
+console = Console(stderr=True)
+
+
+class ServeError(TooltuneError, ValueError):
+    pass
+
+
+def resolve_chat_template(value: str | None) -> str | None:
+    """A template name we ship (``qwen``) or a file holding a Jinja chat template."""
+    if not value:
+        return None
+    shipped = resources.files("tooltune").joinpath(f"resources/templates/{value}.jinja")
+    if shipped.is_file():
+        return shipped.read_text(encoding="utf-8")
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    raise ServeError(f"--chat-template {value!r}: neither a shipped template name (qwen) nor a readable file")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_server(model: str | None, *, name: str | None = None, modelfile: str | None = None,
+                 chat_template: str | None = None, system: str | None = None, api_key: str | None = None,
+                 n_ctx: int = 4096, n_threads: int | None = None, max_body_mb: float = 8.0,
+                 max_tokens_limit: int | None = None, parameters: dict[str, Any] | None = None) -> Any:
+    """Load the engine and return the FastAPI app (the typed entry point the CLI and the pipeline call)."""
+    from tooltune.default_model import default_gguf_path
+    from tooltune.engines import load_engine
+    from tooltune.serve.app import create_app
+    from tooltune.serve.modelfile import parse_modelfile
+
+    defaults: dict[str, Any] = {}
+    messages: list[dict[str, Any]] = []
+    modelfile_text = ""
+    if modelfile:
+        spec = parse_modelfile(modelfile)
+        if model and Path(model).resolve() != spec.from_.resolve():
+            raise ServeError(f"both MODEL ({model}) and --modelfile FROM ({spec.from_}) given; pass one")
+        model = str(spec.from_)
+        defaults.update(spec.parameters)
+        system = system or spec.system
+        messages = spec.messages
+        modelfile_text = spec.text
+        if spec.template and not chat_template:
+            console.print("[yellow]note:[/yellow] the Modelfile's Go TEMPLATE is for Ollama; tooltune renders the "
+                          "model's Jinja chat template (the one it was trained with); --chat-template changes it.")
+    if "num_ctx" in defaults and n_ctx == 4096:
+        n_ctx = int(defaults["num_ctx"])
+    defaults.update({k: v for k, v in (parameters or {}).items() if v is not None})
+    model_path = Path(model) if model else default_gguf_path()
+    engine = load_engine(model_path, n_ctx=n_ctx, n_threads=n_threads,
+                         chat_template=resolve_chat_template(chat_template))
+    served_name = name or model_path.stem
+    app = create_app(engine, served_name, defaults=defaults, system=system, messages=messages, api_key=api_key,
+                     max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_limit=max_tokens_limit,
+                     modelfile_text=modelfile_text)
+    return app
+
+
+def serve(model: str | None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **kwargs: Any) -> None:
+    import uvicorn
+
+    if not is_loopback(host):
+        console.print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines"
+                      + ("" if kwargs.get("api_key") else " without --api-key"))
+    app = build_server(model, **kwargs)
+    state = app.state.tooltune
+    console.print(
+        f"serving [bold]{state.name}[/bold] ({state.engine.__class__.__name__}, ctx {state.engine.context_length}, "
+        f"loaded in {state.engine.load_seconds:.1f}s) on http://{host}:{port} — Ollama /api/* and OpenAI /v1/*"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve", help="Serve a GGUF file or HF model directory with the Ollama and OpenAI APIs.")
+    def serve_command(
+        model: str | None = typer.Argument(None, help="GGUF file or HF directory (default: the embedded model)."),
+        name: str | None = typer.Option(None, "--name", "--model-name", "--model_name",
+                                        help="Model name clients use (default: the file name)."),
+        modelfile: str | None = typer.Option(None, "--modelfile", help="Serve what a Modelfile describes."),
+        chat_template: str | None = typer.Option(None, "--chat-template", "--chat_template",
+                                                 help="Jinja chat template: a shipped name (qwen) or a file."),
+        system: str | None = typer.Option(None, "--system", help="Default system prompt."),
+        host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to bind (loopback unless you say so)."),
+        port: int = typer.Option(DEFAULT_PORT, "--port"),
+        api_key: str | None = typer.Option(None, "--api-key", "--api_key", envvar="TOOLTUNE_API_KEY",
+                                           help="Require 'Authorization: Bearer KEY' on both APIs."),
+        n_ctx: int = typer.Option(4096, "--n-ctx", "--n_ctx", "--num-ctx", help="Context length."),
+        n_threads: int | None = typer.Option(None, "--n-threads", "--n_threads", help="CPU threads."),
+        max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body accepted."),
+        max_tokens_limit: int | None = typer.Option(None, "--max-tokens-limit",
+                                                    help="Largest num_predict/max_tokens (default: context)."),
+        temperature: float | None = typer.Option(None, "--temperature"),
+        top_p: float | None = typer.Option(None, "--top-p", "--top_p"),
+        top_k: int | None = typer.Option(None, "--top-k", "--top_k"),
+        repeat_penalty: float | None = typer.Option(None, "--repeat-penalty", "--repeat_penalty"),
+    ) -> None:
+        serve(model, host=host, port=port, name=name, modelfile=modelfile, chat_template=chat_template,
+              system=system, api_key=api_key, n_ctx=n_ctx, n_threads=n_threads, max_body_mb=max_body_mb,
+              max_tokens_limit=max_tokens_limit,
+              parameters={"temperature": temperature, "top_p": top_p, "top_k": top_k,
+                          "repeat_penalty": repeat_penalty})

@@ -1,0 +1,77 @@
+"""GBNF grammars that make llama.cpp's output valid by construction.
+
+* ``tool_choice: "required"`` or a named function: the output must be one (or, with ``parallel_tool_calls``, several)
+  calls in the layout the chat template trains (Qwen/Hermes ``<tool_call>\\n{...}\\n</tool_call>`` when the template
+  uses those tags, otherwise a bare JSON object), whose ``name`` is one of the offered tools and whose ``arguments``
+  follow that tool's JSON schema.
+* Ollama ``format: "json"`` / OpenAI ``response_format: json_object``: any JSON object.
+* ``format: {schema}`` / ``response_format: json_schema``: that schema.
+
+Schemas become GBNF through llama-cpp-python's converter (the port of llama.cpp's ``json_schema_to_grammar``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from tooltune.conversation import ConversationError, Tool
+from tooltune.errors import TooltuneError
+from tooltune.toolcalls import CLOSE_TAG, OPEN_TAG
+
+
+class GrammarError(TooltuneError, ValueError):
+    """A schema or tool list that cannot be turned into a grammar (a client error)."""
+
+
+def schema_to_gbnf(schema: dict[str, Any], rule: str = "root", prop_order: list[str] | None = None) -> str:
+    """GBNF for a JSON schema, with its start rule named ``rule``."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        grammar = json_schema_to_gbnf(json.dumps(schema), prop_order=prop_order)
+    except Exception as exc:  # the converter raises ValueError/KeyError/TypeError on schemas it cannot express
+        raise GrammarError(f"unsupported JSON schema: {exc}") from exc
+    if rule != "root":
+        grammar = re.sub(r"^root ::=", f"{rule} ::=", grammar, flags=re.MULTILINE)
+    return grammar
+
+
+def json_object_grammar() -> str:
+    return schema_to_gbnf({"type": "object"})
+
+
+def uses_tool_call_tags(chat_template: str) -> bool:
+    return OPEN_TAG in chat_template
+
+
+def tool_call_grammar(tools: list[Tool], only: str | None = None, parallel: bool = True,
+                      tagged: bool = True) -> str:
+    """Grammar for one call (or several, separated as the Qwen template separates them) of the given tools."""
+    chosen = [t for t in tools if only is None or t.name == only]
+    if not chosen:
+        raise GrammarError(f"tool_choice names {only!r}, which is not among the request's tools")
+    alternatives = []
+    for tool in chosen:
+        try:
+            parameters = tool.json_schema()
+        except ConversationError as exc:
+            raise GrammarError(str(exc)) from exc
+        alternatives.append({
+            "type": "object",
+            "properties": {"name": {"const": tool.name}, "arguments": parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        })
+    schema = alternatives[0] if len(alternatives) == 1 else {"oneOf": alternatives}
+    body = schema_to_gbnf(schema, rule="call-json", prop_order=["name", "arguments"])
+    if tagged:
+        open_tag, close_tag = json.dumps(OPEN_TAG + "\n"), json.dumps("\n" + CLOSE_TAG)
+        call = f"call ::= {open_tag} call-json {close_tag}\n"
+        separator = '"\\n"'
+    else:
+        call = "call ::= call-json\n"
+        separator = '"\\n"'
+    root = f"root ::= call ({separator} call)*\n" if parallel else "root ::= call\n"
+    return root + call + body

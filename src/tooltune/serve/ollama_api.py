@@ -1,0 +1,233 @@
+"""Ollama's HTTP API: /api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/version.
+
+Tool calls are parsed from the model's text with ``tooltune.toolcalls`` and returned structured
+(``message.tool_calls[].function.{index,name,arguments}`` with arguments as an object), which the seed's hand-written
+Modelfile could not get out of real Ollama.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tooltune.conversation import Tool
+from tooltune.engines import Chunk
+from tooltune.serve import grammar as grammars
+from tooltune.serve import wire
+from tooltune.serve.scheduler import Job
+from tooltune.serve.state import ApiError, ServerState
+from tooltune.toolcalls import ContentDelta, StreamingToolCallParser, ToolCallDone, parse_tool_calls
+
+NDJSON = "application/x-ndjson"
+
+
+def _format_grammar(fmt: str | dict[str, Any] | None) -> str | None:
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return grammars.json_object_grammar()
+    if isinstance(fmt, dict):
+        try:
+            return grammars.schema_to_gbnf(fmt)
+        except grammars.GrammarError as exc:
+            raise ApiError(400, f"format: {exc}") from exc
+    raise ApiError(400, f"format must be \"json\" or a JSON schema object, got {fmt!r}")
+
+
+def _sampling(state: ServerState, options: wire.OllamaOptions | None, grammar: str | None) -> Any:
+    o = options or wire.OllamaOptions()
+    return state.sampling(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, seed=o.seed,
+                          repeat_penalty=o.repeat_penalty, stop=o.stop, max_tokens=o.num_predict,
+                          grammar=grammar, limit_name="num_predict")
+
+
+def _ndjson(item: dict[str, Any]) -> bytes:
+    return (json.dumps(item, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def build_router(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/api/chat")
+    async def chat(request: Request) -> Any:
+        received = time.perf_counter()
+        body = await state.read(request, wire.OllamaChatRequest)
+        state.check_model(body.model)
+        messages = state.parse_messages(body.messages)
+        tools = state.parse_tools(body.tools)
+        prompt = state.render(messages, tools)
+        params = _sampling(state, body.options, _format_grammar(body.format))
+        if not body.stream:
+            text, job = await state.run_to_end(request, prompt, params)
+            return JSONResponse(_chat_final(state, text, tools, job, received))
+        stream = await state.open_stream(prompt, params)
+        return StreamingResponse(_chat_stream(state, stream, tools, received), media_type=NDJSON)
+
+    @router.post("/api/generate")
+    async def generate(request: Request) -> Any:
+        received = time.perf_counter()
+        body = await state.read(request, wire.OllamaGenerateRequest)
+        state.check_model(body.model)
+        if body.template:
+            raise ApiError(400, "per-request Go 'template' is not supported: tooltune renders the model's Jinja "
+                                "chat template (use raw=true with a rendered prompt instead)")
+        if not body.prompt and not body.raw:
+            # Ollama answers an empty prompt with a "load" response: the model is ready.
+            return JSONResponse({"model": body.model, "created_at": wire.now_rfc3339(), "response": "",
+                                 "done": True, "done_reason": "load"})
+        if body.raw:
+            prompt = body.prompt
+        else:
+            chat_messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
+                {"role": "user", "content": body.prompt}]
+            prompt = state.render(state.parse_messages(chat_messages), [])
+        params = _sampling(state, body.options, _format_grammar(body.format))
+        if not body.stream:
+            text, job = await state.run_to_end(request, prompt, params)
+            return JSONResponse(wire.ollama_generate_final(state.name, text, _reason(job), _timings(job, received)))
+        stream = await state.open_stream(prompt, params)
+        return StreamingResponse(_generate_stream(state, stream, received), media_type=NDJSON)
+
+    @router.get("/api/tags")
+    async def tags() -> Any:
+        return {"models": [_model_entry(state)]}
+
+    @router.get("/api/ps")
+    async def ps() -> Any:
+        entry = _model_entry(state)
+        expires = datetime.now(timezone.utc) + timedelta(days=365)
+        entry.update({"expires_at": expires.isoformat().replace("+00:00", "Z"), "size_vram": 0,
+                      "context_length": state.engine.context_length})
+        return {"models": [entry]}
+
+    @router.post("/api/show")
+    async def show(request: Request) -> Any:
+        body = await state.read(request, wire.OllamaModelRequest)
+        state.check_model(body.which)
+        return _show(state)
+
+    @router.get("/api/version")
+    async def version() -> Any:
+        return {"version": wire.OLLAMA_VERSION}
+
+    return router
+
+
+def _reason(job: Job) -> str:
+    return job.result.finish_reason if job.result else "stop"
+
+
+def _timings(job: Job, received: float) -> dict[str, Any]:
+    assert job.result is not None
+    waited = (job.started_at or received) - received
+    return wire.ollama_timings(job.result, time.perf_counter() - received, max(0.0, waited))
+
+
+def _chat_final(state: ServerState, text: str, tools: list[Tool], job: Job, received: float) -> dict[str, Any]:
+    content, calls = text, None
+    if tools:
+        parsed = parse_tool_calls(text, tools=tools)
+        if parsed.calls:
+            content = parsed.content
+            calls = [wire.ollama_tool_call(c, i) for i, c in enumerate(parsed.calls)]
+    return wire.ollama_chat_final(state.name, content, calls, _reason(job), _timings(job, received))
+
+
+async def _chat_stream(state: ServerState, stream: AsyncIterator[Chunk | Job], tools: list[Tool],
+                       received: float) -> AsyncIterator[bytes]:
+    parser = StreamingToolCallParser(tools=tools) if tools else None
+    try:
+        async for item in stream:
+            if isinstance(item, Job):
+                if parser is not None:
+                    for line in _chat_events(state, parser.finish()):
+                        yield line
+                final = wire.ollama_chat_final(state.name, "", None, _reason(item), _timings(item, received))
+                yield _ndjson(final)
+                return
+            if parser is None:
+                yield _ndjson(wire.ollama_chat_chunk(state.name, item.text))
+            else:
+                for line in _chat_events(state, parser.feed(item.text)):
+                    yield line
+    except Exception as exc:  # headers are sent: report in-band, as Ollama does
+        yield _ndjson(wire.ollama_error(str(exc)))
+
+
+def _chat_events(state: ServerState, events: list[ContentDelta | ToolCallDone]) -> list[bytes]:
+    lines = []
+    for event in events:
+        if isinstance(event, ToolCallDone):
+            call = wire.ollama_tool_call(event.call, event.index)
+            lines.append(_ndjson(wire.ollama_chat_chunk(state.name, "", [call])))
+        elif event.text:
+            lines.append(_ndjson(wire.ollama_chat_chunk(state.name, event.text)))
+    return lines
+
+
+async def _generate_stream(state: ServerState, stream: AsyncIterator[Chunk | Job],
+                           received: float) -> AsyncIterator[bytes]:
+    try:
+        async for item in stream:
+            if isinstance(item, Job):
+                yield _ndjson(wire.ollama_generate_final(state.name, "", _reason(item), _timings(item, received)))
+                return
+            yield _ndjson(wire.ollama_generate_chunk(state.name, item.text))
+    except Exception as exc:
+        yield _ndjson(wire.ollama_error(str(exc)))
+
+
+def _details(state: ServerState) -> dict[str, Any]:
+    metadata = getattr(state.engine, "metadata", {}) or {}
+    architecture = metadata.get("general.architecture", "")
+    file_type = metadata.get("general.file_type", "")
+    return {
+        "parent_model": "",
+        "format": "gguf" if state.model_path.suffix == ".gguf" else "safetensors",
+        "family": architecture,
+        "families": [architecture] if architecture else None,
+        "parameter_size": metadata.get("general.size_label", ""),
+        "quantization_level": _FILE_TYPES.get(str(file_type), str(file_type)),
+    }
+
+
+# llama.cpp's ``general.file_type`` numbers for the types people actually ship.
+_FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "3": "Q4_1", "7": "Q8_0", "8": "Q5_0", "9": "Q5_1",
+               "10": "Q2_K", "12": "Q3_K_M", "14": "Q4_K_M", "15": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K",
+               "32": "BF16"}
+
+
+def _model_entry(state: ServerState) -> dict[str, Any]:
+    modified = datetime.fromtimestamp(state.started, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return {"name": state.tagged_name, "model": state.tagged_name, "modified_at": modified, "size": state.size,
+            "digest": state.digest, "details": _details(state)}
+
+
+def _show(state: ServerState) -> dict[str, Any]:
+    parameters = []
+    for key, value in state.defaults.items():
+        for item in value if isinstance(value, list) else [value]:
+            parameters.append(f"{key:<24}{json.dumps(item) if isinstance(item, str) else item}")
+    metadata = getattr(state.engine, "metadata", {}) or {}
+    model_info = {k: v for k, v in metadata.items() if not k.startswith("tokenizer.chat_template")}
+    capabilities = ["completion"]
+    if "tools" in state.engine.chat_template:
+        capabilities.append("tools")
+    modified = datetime.fromtimestamp(state.started, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return {
+        "license": "",
+        "modelfile": state.config.modelfile_text or f"FROM {state.model_path}\n",
+        "parameters": "\n".join(parameters),
+        "template": state.engine.chat_template,
+        "system": state.config.system or "",
+        "details": _details(state),
+        "model_info": model_info,
+        "capabilities": capabilities,
+        "modified_at": modified,
+    }

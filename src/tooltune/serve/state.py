@@ -1,0 +1,244 @@
+"""What both APIs share: the served model, its defaults, prompt rendering, request limits and the error type."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from tooltune.chat_template import ChatTemplateError
+from tooltune.conversation import ConversationError, Message, Tool
+from tooltune.engines import Chunk, Engine, EngineError, SamplingParams
+from tooltune.serve.scheduler import Job, QueueFullError, Scheduler
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+# Ollama's documented defaults, used unless the Modelfile or the command line sets a PARAMETER.
+OLLAMA_DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "repeat_penalty": 1.1}
+
+
+class ApiError(Exception):
+    """A request the server refuses; rendered in the calling API's own error shape."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+@dataclass
+class ServeConfig:
+    name: str
+    defaults: dict[str, Any] = field(default_factory=dict)  # PARAMETER values: temperature, top_p, stop, ...
+    system: str | None = None  # SYSTEM of a Modelfile: used when a request brings no system message
+    messages: list[dict[str, Any]] = field(default_factory=list)  # MESSAGE lines of a Modelfile, prepended
+    api_key: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_tokens_limit: int | None = None  # default: the context length
+    max_waiting: int = 64
+    modelfile_text: str = ""
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class ServerState:
+    def __init__(self, engine: Engine, config: ServeConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.scheduler = Scheduler(engine, max_waiting=config.max_waiting)
+        self.started = time.time()
+        self.max_tokens_limit = config.max_tokens_limit or engine.context_length
+        self.defaults = OLLAMA_DEFAULTS | config.defaults
+        path = Path(getattr(engine, "path", engine.name))
+        self.model_path = path
+        self.size = _size_of(path)
+        # Identifies this file (path, size, mtime) without hashing gigabytes at start-up.
+        stat = path.stat() if path.exists() else None
+        identity = f"{path.resolve()}:{self.size}:{stat.st_mtime_ns if stat else 0}"
+        self.digest = hashlib.sha256(identity.encode()).hexdigest()
+
+    # ---- names ----
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def tagged_name(self) -> str:
+        return self.name if ":" in self.name else f"{self.name}:latest"
+
+    def check_model(self, requested: str) -> None:
+        if requested in (self.name, self.tagged_name):
+            return
+        raise ApiError(404, f"model '{requested}' not found (this server serves '{self.name}')", "model_not_found")
+
+    # ---- requests ----
+
+    async def read(self, request: Request, model: type[T]) -> T:
+        body = await request.body()
+        if len(body) > self.config.max_body_bytes:
+            raise ApiError(413, f"request body is {len(body)} bytes; the limit is {self.config.max_body_bytes}")
+        try:
+            raw = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"invalid JSON body: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise ApiError(400, f"invalid request: {where}: {first['msg']}") from exc
+
+    def parse_messages(self, raw_messages: list[dict[str, Any]]) -> list[Message]:
+        messages = []
+        for position, raw in enumerate([*self.config.messages, *raw_messages]):
+            try:
+                messages.append(Message.from_openai(raw))
+            except ConversationError as exc:
+                raise ApiError(400, f"messages[{position}]: {exc}") from exc
+        if self.config.system and not any(m.role == "system" for m in messages):
+            messages.insert(0, Message(role="system", content=self.config.system))
+        return messages
+
+    def parse_tools(self, raw_tools: list[dict[str, Any]] | None) -> list[Tool]:
+        if not raw_tools:
+            return []
+        tools = []
+        for position, raw in enumerate(raw_tools):
+            try:
+                tool = Tool(raw)
+                schema = tool.json_schema()
+            except ConversationError as exc:
+                raise ApiError(400, f"tools[{position}]: {exc}") from exc
+            _check_parameters(position, tool.name, schema)
+            tools.append(tool)
+        return tools
+
+    def render(self, messages: list[Message], tools: list[Tool]) -> str:
+        try:
+            return self.engine.render([m.to_template() for m in messages], [t.spec for t in tools] or None,
+                                      add_generation_prompt=True)
+        except (ChatTemplateError, EngineError) as exc:
+            raise ApiError(400, f"cannot render the chat template: {exc}") from exc
+
+    def sampling(self, *, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                 seed: int | None = None, repeat_penalty: float | None = None, stop: list[str] | str | None = None,
+                 max_tokens: int | None = None, grammar: str | None = None,
+                 limit_name: str = "max_tokens") -> SamplingParams:
+        d = self.defaults
+        if max_tokens is None and d.get("num_predict") is not None:  # a Modelfile's PARAMETER num_predict
+            max_tokens = min(int(d["num_predict"]), self.max_tokens_limit)
+        if max_tokens is not None and max_tokens > self.max_tokens_limit:
+            raise ApiError(400, f"{limit_name} {max_tokens} is above this server's limit of {self.max_tokens_limit}")
+        budget = self.max_tokens_limit if max_tokens is None or max_tokens < 0 else max_tokens
+        if max_tokens == 0:
+            raise ApiError(400, f"{limit_name} must be positive")
+        stops = _as_list(stop if stop is not None else d.get("stop"))
+        chosen_seed = seed if seed is not None and seed >= 0 else d.get("seed")
+        return SamplingParams(
+            max_tokens=budget,
+            temperature=float(_first(temperature, d.get("temperature"), 0.8)),
+            top_p=float(_first(top_p, d.get("top_p"), 1.0)),
+            top_k=int(_first(top_k, d.get("top_k"), 0)),
+            seed=int(chosen_seed) if chosen_seed is not None and int(chosen_seed) >= 0 else random.getrandbits(31),
+            repeat_penalty=float(_first(repeat_penalty, d.get("repeat_penalty"), 1.0)),
+            stop=stops,
+            grammar=grammar,
+        )
+
+    # ---- running ----
+
+    async def open_stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk | Job]:
+        """Start a job and return its iterator once the first item is ready, so start-up errors are still 4xx."""
+        iterator = self.scheduler.stream(prompt, params)
+        try:
+            first = await iterator.__anext__()
+        except QueueFullError as exc:
+            raise ApiError(503, str(exc)) from exc
+        except EngineError as exc:
+            raise ApiError(400, str(exc)) from exc
+        except StopAsyncIteration:  # pragma: no cover - the scheduler always ends with the Job
+            raise ApiError(500, "generation produced nothing") from None
+
+        async def chained() -> AsyncIterator[Chunk | Job]:
+            try:
+                yield first
+                async for item in iterator:
+                    yield item
+            finally:
+                await iterator.aclose()
+
+        return chained()
+
+    async def run_to_end(self, request: Request, prompt: str, params: SamplingParams) -> tuple[str, Job]:
+        """Non-streaming generation that still stops when the client goes away."""
+        stream = await self.open_stream(prompt, params)
+
+        async def collect() -> tuple[str, Job]:
+            parts: list[str] = []
+            async for item in stream:
+                if isinstance(item, Job):
+                    return "".join(parts), item
+                parts.append(item.text)
+            raise ApiError(500, "generation ended without a result")
+
+        task = asyncio.ensure_future(collect())
+        try:
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=0.1)
+                if not done and await request.is_disconnected():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    await stream.aclose()
+                    raise ApiError(499, "client disconnected")
+            return task.result()
+        except EngineError as exc:
+            raise ApiError(400, str(exc)) from exc
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def _as_list(stop: list[str] | str | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)]
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    return 0
+
+
+def _check_parameters(position: int, name: str, schema: Any) -> None:
+    """Reject tool schemas no template or grammar can use, naming the tool and the field."""
+    where = f"tools[{position}] ({name})"
+    if not isinstance(schema, dict):
+        raise ApiError(400, f"{where}: parameters must be a JSON schema object")
+    if schema.get("type", "object") != "object":
+        raise ApiError(400, f"{where}: parameters must have type 'object', got {schema.get('type')!r}")
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict) or not all(isinstance(v, dict) for v in properties.values()):
+        raise ApiError(400, f"{where}: parameters.properties must map names to schema objects")
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise ApiError(400, f"{where}: parameters.required must be a list of property names")

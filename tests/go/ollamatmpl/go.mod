@@ -1,0 +1,3 @@
+module tooltune.test/ollamatmpl
+
+go 1.19
