@@ -170,17 +170,27 @@ def go_render(binary: Path, template: str, cases: list[tuple[list[dict], list | 
     return [r["output"] for r in results]
 
 
-def test_go_template_matches_jinja_on_glaive(go_renderer: Path, demo_data_dir: Path) -> None:
-    _, go_template = go_template_for(QWEN_JINJA)
+def _training_qwen_jinja() -> str:
+    from tooltune.templates.qwen import QWEN_DEFAULT_SYSTEM
+    from tooltune.templates.qwen import QWEN_JINJA as TRAINING_JINJA
+    from tooltune.templates.qwen import jinja_string
+
+    return TRAINING_JINJA.replace("__DEFAULT_SYSTEM__", jinja_string(QWEN_DEFAULT_SYSTEM))
+
+
+@pytest.mark.parametrize("which", ["qwen2.5 chat template", "training template qwen"])
+def test_go_template_matches_jinja_on_glaive(go_renderer: Path, demo_data_dir: Path, which: str) -> None:
+    jinja_template = QWEN_JINJA if which == "qwen2.5 chat template" else _training_qwen_jinja()
+    _, go_template = go_template_for(jinja_template)
     cases = prompts_of(glaive_conversations(demo_data_dir))
     go_outputs = go_render(go_renderer, go_template, cases)
     exact = canonical = 0
     first_mismatch = None
     for (messages, tools, generation), go_text in zip(cases, go_outputs, strict=True):
-        jinja_text = render(QWEN_JINJA, messages, tools, add_generation_prompt=generation)
+        jinja_text = render(jinja_template, messages, tools, add_generation_prompt=generation)
         exact += jinja_text == go_text
         canon_messages, canon_tools = canonicalize_for_ollama(messages, tools)
-        canon_text = render(QWEN_JINJA, canon_messages, canon_tools, add_generation_prompt=generation)
+        canon_text = render(jinja_template, canon_messages, canon_tools, add_generation_prompt=generation)
         if canon_text == go_text:
             canonical += 1
         elif first_mismatch is None:

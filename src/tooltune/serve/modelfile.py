@@ -57,8 +57,15 @@ def _resource_text(name: str) -> str:
 
 def _known_templates() -> list[tuple[str, str, str]]:
     """(family, normalised Jinja source, Go template) for every chat template we have a proven Go equivalent of."""
+    from tooltune.templates.qwen import QWEN_DEFAULT_SYSTEM, QWEN_JINJA, jinja_string
+
     qwen_jinja = resources.files("tooltune").joinpath("resources/templates/qwen.jinja").read_text(encoding="utf-8")
-    return [("qwen2.5", _normalise(qwen_jinja), _resource_text("qwen2.5.gotmpl"))]
+    # What `tooltune train --template qwen` saves with the model: LLaMA-Factory's layout as Jinja. It renders
+    # OpenAI-shaped tools (all Ollama ever passes) exactly as Qwen2.5's own template does, so the same Go TEMPLATE
+    # serves both; tests/test_modelfile.py proves each against Go's text/template.
+    training_jinja = QWEN_JINJA.replace("__DEFAULT_SYSTEM__", jinja_string(QWEN_DEFAULT_SYSTEM))
+    go_source = _resource_text("qwen2.5.gotmpl")
+    return [("qwen2.5", _normalise(qwen_jinja), go_source), ("qwen2.5", _normalise(training_jinja), go_source)]
 
 
 def go_template_for(chat_template: str) -> tuple[str, str]:

@@ -1,0 +1,320 @@
+"""Talk to a model with tools: the seed's 模型测试 script as a function and a REPL.
+
+One turn is: render the conversation with the model's own chat template (tools passed verbatim, as
+``apply_chat_template(messages, tools=tools, add_generation_prompt=True)`` does), generate, and parse the response into
+tool calls with ``tooltune.toolcalls`` — the same parser serving and evaluation use. HF directories and GGUF files go
+through ``tooltune.engines``, so the prompt is the same text whichever format the model is in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tooltune.conversation import ConversationError, Message, Tool, ToolCall
+from tooltune.engines import Engine, SamplingParams, load_engine
+from tooltune.errors import TooltuneError
+from tooltune.toolcalls import parse_tool_calls
+
+
+class ChatInputError(TooltuneError, ValueError):
+    """A tools or messages file that cannot be used; the message names the file and the record."""
+
+
+@dataclass
+class ChatResult:
+    prompt: str
+    raw: str
+    calls: list[ToolCall]
+    content: str
+    errors: list[str] = field(default_factory=list)
+    unknown_names: list[str] = field(default_factory=list)
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def calls_json(self) -> list[dict[str, Any]]:
+        return [{"name": call.name, "arguments": call.arguments} for call in self.calls]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "raw": self.raw,
+            "tool_calls": self.calls_json(),
+            "content": self.content,
+            "errors": self.errors,
+            "unknown_tools": self.unknown_names,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def assistant_message(self) -> Message:
+        """The reply as history: parsed calls (with ids) rather than raw text, so the template re-renders it."""
+        calls = [ToolCall(name=c.name, arguments=c.arguments, id=c.id or f"call_{i}") for i, c in enumerate(self.calls)]
+        return Message(role="assistant", content=self.content, tool_calls=calls)
+
+    def summary(self) -> str:
+        rate = self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.prompt_tokens} prompt tokens, {self.completion_tokens} generated in {self.seconds:.2f} s "
+            f"({rate:.1f} tok/s, {self.finish_reason}), {len(self.calls)} tool call(s)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------- inputs
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ChatInputError(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ChatInputError(f"{path}: {what} are not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def parse_tools(raw: Any, source: str) -> list[Tool]:
+    """Tools in any of the three shapes (OpenAI, bare function, the seed's list of parameters), or ``{"tools": []}``."""
+    if isinstance(raw, dict) and isinstance(raw.get("tools"), list):
+        raw = raw["tools"]
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise ChatInputError(f"{source}: tools must be a JSON list of tool objects")
+    tools = []
+    for index, item in enumerate(raw):
+        try:
+            tool = Tool(item)
+            tool.json_schema()  # validates the seed's list-of-parameters shape too
+        except ConversationError as exc:
+            raise ChatInputError(f"{source} tool {index}: {exc}") from exc
+        tools.append(tool)
+    names = [t.name for t in tools]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ChatInputError(f"{source}: tool name(s) defined twice: {', '.join(duplicates)}")
+    return tools
+
+
+def load_tools(path: str | Path) -> list[Tool]:
+    path = Path(path)
+    return parse_tools(_load_json(path, "tools"), str(path))
+
+
+def parse_messages(raw: Any, source: str) -> tuple[list[Message], list[Tool]]:
+    """A JSON list of OpenAI/Ollama messages, or a record ``{"messages": [...], "tools": [...]}``."""
+    tools: list[Tool] = []
+    if isinstance(raw, dict):
+        if "tools" in raw:
+            tools = parse_tools(raw["tools"], source)
+        raw = raw.get("messages")
+    if not isinstance(raw, list):
+        raise ChatInputError(f"{source}: messages must be a JSON list (or an object with a 'messages' list)")
+    messages = []
+    for index, item in enumerate(raw):
+        try:
+            messages.append(Message.from_openai(item))
+        except ConversationError as exc:
+            raise ChatInputError(f"{source} message {index}: {exc}") from exc
+    if not messages:
+        raise ChatInputError(f"{source}: no messages")
+    return messages, tools
+
+
+def load_messages(path: str | Path) -> tuple[list[Message], list[Tool]]:
+    path = Path(path)
+    return parse_messages(_load_json(path, "messages"), str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------- turns
+
+
+def _as_messages(messages: Iterable[Message | dict[str, Any]]) -> list[Message]:
+    return [m if isinstance(m, Message) else Message.from_openai(m) for m in messages]
+
+
+def _as_tools(tools: Iterable[Tool | dict[str, Any]] | None) -> list[Tool]:
+    return [t if isinstance(t, Tool) else Tool(t) for t in (tools or [])]
+
+
+def render_prompt(engine: Engine, tools: Iterable[Tool | dict[str, Any]] | None,
+                  messages: Iterable[Message | dict[str, Any]]) -> str:
+    """The exact text the model sees: tools verbatim, as ``apply_chat_template(tools=...)`` receives them."""
+    tool_specs = [t.spec for t in _as_tools(tools)] or None
+    return engine.render([m.to_template() for m in _as_messages(messages)], tool_specs, add_generation_prompt=True)
+
+
+def forced_call_params(engine: Engine, tools: list[Tool], tool_choice: str, params: SamplingParams) -> SamplingParams:
+    """``required`` (some tool) or a tool's name: constrain decoding with a grammar so the reply is a valid call.
+
+    Useful before fine-tuning, when a model rarely answers in the template's call layout on its own.
+    """
+    from tooltune.serve.grammar import tool_call_grammar, uses_tool_call_tags
+
+    if not tools:
+        raise ChatInputError(f"--tool-choice {tool_choice}: no tools given")
+    if not getattr(engine, "supports_grammar", False):
+        raise ChatInputError(f"--tool-choice {tool_choice}: constrained decoding needs a GGUF model (llama.cpp)")
+    only = None if tool_choice == "required" else tool_choice
+    grammar = tool_call_grammar(tools, only=only, parallel=False, tagged=uses_tool_call_tags(engine.chat_template))
+    return replace(params, grammar=grammar)
+
+
+def chat_once(
+    model: Engine | str | Path,
+    tools: Iterable[Tool | dict[str, Any]] | None,
+    messages: Iterable[Message | dict[str, Any]],
+    params: SamplingParams | None = None,
+    *,
+    lenient: bool = False,
+    tool_choice: str = "auto",
+    on_text: Callable[[str], None] | None = None,
+) -> ChatResult:
+    """One assistant turn: render, generate (streaming through ``on_text`` when given), parse the tool calls.
+
+    ``tool_choice`` is ``auto`` (the model decides), ``required`` or a tool name (see ``forced_call_params``).
+    """
+    engine = model if isinstance(model, Engine) else load_engine(model)
+    params = params or SamplingParams()
+    tool_list = _as_tools(tools)
+    if tool_choice != "auto":
+        params = forced_call_params(engine, tool_list, tool_choice, params)
+    prompt = render_prompt(engine, tool_list, messages)
+    started = time.perf_counter()
+    if on_text is None:
+        result = engine.generate(prompt, params)
+    else:
+        for chunk in engine.stream(prompt, params):
+            on_text(chunk.text)
+        result = engine.last_result
+        assert result is not None
+    seconds = time.perf_counter() - started
+    parsed = parse_tool_calls(result.text, tools=tool_list or None, lenient=lenient)
+    return ChatResult(
+        prompt=prompt,
+        raw=result.text,
+        calls=parsed.calls,
+        content=parsed.content,
+        errors=parsed.errors,
+        unknown_names=parsed.unknown_names,
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        seconds=seconds,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------ REPL
+
+REPL_HELP = """Type a message and press Enter. Commands:
+  /tool <result>     answer the oldest unanswered tool call (JSON or text); the model continues when all are answered
+  /system <text>     set the system message        /reset    clear the history
+  /history           print the conversation JSON   /exit     quit (or Ctrl-D)"""
+
+
+@dataclass
+class ChatSession:
+    """The REPL's state: the conversation so far and the tool calls still waiting for a result."""
+
+    engine: Engine
+    tools: list[Tool]
+    params: SamplingParams
+    history: list[Message] = field(default_factory=list)
+    pending: list[ToolCall] = field(default_factory=list)
+    lenient: bool = False
+    tool_choice: str = "auto"
+
+    def set_system(self, text: str) -> None:
+        self.history = [m for m in self.history if m.role != "system"]
+        self.history.insert(0, Message(role="system", content=text))
+
+    def reset(self) -> None:
+        system = [m for m in self.history if m.role == "system"]
+        self.history, self.pending = system, []
+
+    def reply(self, on_text: Callable[[str], None] | None = None) -> ChatResult:
+        result = chat_once(self.engine, self.tools, self.history, self.params, lenient=self.lenient,
+                           tool_choice=self.tool_choice, on_text=on_text)
+        message = result.assistant_message()
+        self.history.append(message)
+        self.pending = list(message.tool_calls)
+        return result
+
+    def send_user(self, text: str, on_text: Callable[[str], None] | None = None) -> ChatResult:
+        self.pending = []  # a new question abandons unanswered calls
+        self.history.append(Message(role="user", content=text))
+        return self.reply(on_text)
+
+    def add_tool_result(self, content: str) -> bool:
+        """Record a tool result for the oldest pending call; True when no call is left waiting."""
+        call = self.pending.pop(0) if self.pending else None
+        answered_id, answered_name = (call.id, call.name) if call else (None, None)
+        self.history.append(Message(role="tool", content=content, tool_call_id=answered_id, name=answered_name))
+        return not self.pending
+
+
+def run_repl(
+    session: ChatSession,
+    read_line: Callable[[str], str],
+    write: Callable[[str], None],
+    as_json: bool = False,
+) -> None:
+    """Read-eval-print until /exit or end of input. ``read_line`` raises EOFError at the end."""
+
+    def show(result: ChatResult, streamed: bool) -> None:
+        if as_json:
+            write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+            return
+        if not streamed:
+            write(result.raw)
+        write("\n")
+        if result.calls:
+            write("tool calls: " + json.dumps(result.calls_json(), ensure_ascii=False) + "\n")
+            write("(answer each with /tool <result>)\n")
+        for error in result.errors:
+            write(f"parse error: {error}\n")
+        if result.unknown_names:
+            write(f"unknown tools: {', '.join(result.unknown_names)}\n")
+
+    def respond(action: Callable[..., ChatResult]) -> None:
+        if as_json:
+            show(action(), streamed=False)
+        else:
+            write("assistant> ")
+            show(action(write), streamed=True)
+
+    if not as_json:
+        write(REPL_HELP + "\n")
+    while True:
+        try:
+            line = read_line("you> " if not as_json else "")
+        except EOFError:
+            return
+        text = line.strip()
+        if not text:
+            continue
+        command, _, rest = text.partition(" ")
+        if command in ("/exit", "/quit"):
+            return
+        if command == "/reset":
+            session.reset()
+        elif command == "/system":
+            session.set_system(rest.strip())
+        elif command == "/history":
+            write(json.dumps([m.to_openai() for m in session.history], ensure_ascii=False, indent=2) + "\n")
+        elif command == "/help":
+            write(REPL_HELP + "\n")
+        elif command == "/tool":
+            if session.add_tool_result(rest.strip()):
+                respond(session.reply)
+        else:
+            respond(lambda on_text=None, text=text: session.send_user(text, on_text))
