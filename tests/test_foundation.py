@@ -46,7 +46,8 @@ SEED_LIST_TOOL = {
 
 
 def test_three_tool_shapes_normalise_to_the_same_schema_and_keep_their_spec() -> None:
-    bare = {"name": "get", "description": "d", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+    bare = {"name": "get", "description": "d", "parameters": schema}
     openai = {"type": "function", "function": bare}
     tools = Tool.parse_list(json.dumps([bare, openai, SEED_LIST_TOOL]))
     assert [t.shape for t in tools] == ["bare", "openai", "param_list"]

@@ -171,9 +171,8 @@ def go_render(binary: Path, template: str, cases: list[tuple[list[dict], list | 
 
 
 def _training_qwen_jinja() -> str:
-    from tooltune.templates.qwen import QWEN_DEFAULT_SYSTEM
+    from tooltune.templates.qwen import QWEN_DEFAULT_SYSTEM, jinja_string
     from tooltune.templates.qwen import QWEN_JINJA as TRAINING_JINJA
-    from tooltune.templates.qwen import jinja_string
 
     return TRAINING_JINJA.replace("__DEFAULT_SYSTEM__", jinja_string(QWEN_DEFAULT_SYSTEM))
 
