@@ -13,6 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_mode(directory: bool) -> int:
+    # mkstemp/mkdtemp create owner-only entries; give the final output the permissions a plain open() would, so
+    # e.g. an Ollama server running as another user can read a GGUF we wrote.
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success rename it to ``final`` (replacing it)."""
@@ -23,6 +31,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _default_mode(directory=False))
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -37,6 +47,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(directory=True))
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             if old.exists():

@@ -1,0 +1,173 @@
+"""Quantize a GGUF with llama.cpp's own quantizer (``llama_model_quantize`` from llama-cpp-python).
+
+The quantizer runs in-process from the same llama.cpp build that later loads the file, so converter, quantizer and
+runtime cannot drift apart, and no llama.cpp checkout or ``llama-quantize`` binary is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from tooltune.atomic import atomic_path
+from tooltune.errors import TooltuneError
+from tooltune.gguf.convert import make_readable
+
+# llama-quantize's types → llama_ftype values (llama.h). Aliases map like the CLI's (Q4_K → Q4_K_M).
+QUANT_TYPES: dict[str, int] = {
+    "Q1_0": 40, "Q2_0": 41,
+    "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7,
+    "MXFP4_MOE": 38,
+    "IQ2_XXS": 19, "IQ2_XS": 20, "IQ2_S": 28, "IQ2_M": 29, "IQ1_S": 24, "IQ1_M": 31,
+    "TQ1_0": 36, "TQ2_0": 37,
+    "Q2_K": 10, "Q2_K_S": 21,
+    "IQ3_XXS": 23, "IQ3_S": 26, "IQ3_M": 27, "IQ3_XS": 22,
+    "Q3_K": 12, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13,
+    "IQ4_NL": 25, "IQ4_XS": 30,
+    "Q4_K": 15, "Q4_K_S": 14, "Q4_K_M": 15,
+    "Q5_K": 17, "Q5_K_S": 16, "Q5_K_M": 17,
+    "Q6_K": 18,
+    "F16": 1, "BF16": 32, "F32": 0,
+}
+# Very low-bit types that llama.cpp refuses to produce without an importance matrix.
+# (llama-quant.cpp: IQ1_*, IQ2_XXS/XS/S and IQ3_XXS tensors, and the Q2_K tensors of a Q2_K_S file.)
+NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S"})
+_FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+
+
+class QuantizeError(TooltuneError):
+    pass
+
+
+@dataclass(frozen=True)
+class GGUFSize:
+    file_bytes: int
+    tensor_bytes: int
+    n_elements: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.tensor_bytes * 8 / self.n_elements if self.n_elements else 0.0
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    input: Path
+    output: Path
+    qtype: str
+    size_bytes: int
+    bits_per_weight: float
+    seconds: float
+    threads: int
+
+    def summary(self) -> str:
+        return (f"{self.qtype}: {self.output} · {self.size_bytes / 2**20:.1f} MiB · "
+                f"{self.bits_per_weight:.2f} bits/weight"
+                f" · {self.seconds:.1f}s on {self.threads} threads")
+
+
+def check_gguf(path: Path) -> gguf.GGUFReader:
+    """Open ``path`` as GGUF or raise a one-line error that says what it is instead."""
+    if not path.is_file():
+        raise QuantizeError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise QuantizeError(f"{path}: not a GGUF file (starts with {magic!r}); convert it first with `tooltune gguf`")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as exc:  # gguf-py raises ValueError/struct.error on damaged files
+        raise QuantizeError(f"{path}: damaged GGUF ({exc})") from None
+
+
+def measure_gguf(path: str | Path) -> GGUFSize:
+    """File size, tensor bytes and weight count; bits/weight = tensor bytes × 8 / weights, as llama-quantize prints."""
+    reader = check_gguf(Path(path))
+    tensor_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    n_elements = sum(int(t.n_elements) for t in reader.tensors)
+    return GGUFSize(Path(path).stat().st_size, tensor_bytes, n_elements)
+
+
+def normalise_type(qtype: str) -> str:
+    name = qtype.strip().upper()
+    if name not in QUANT_TYPES:
+        raise QuantizeError(f"unknown quantization type {qtype!r}; choose one of: {', '.join(QUANT_TYPES)}")
+    return name
+
+
+def quantize_gguf(
+    inp: str | Path,
+    out: str | Path,
+    qtype: str,
+    threads: int | None = None,
+    allow_requantize: bool = False,
+    show_progress: bool = True,
+) -> QuantizeResult:
+    """Quantize ``inp`` into ``out`` as ``qtype`` with llama.cpp, writing under a temporary name first."""
+    inp, out = Path(inp), Path(out)
+    name = normalise_type(qtype)
+    if name in NEEDS_IMATRIX:
+        raise QuantizeError(f"{name} needs an importance matrix, which tooltune quantize does not compute; use Q2_K, "
+                            f"Q3_K_M or IQ3_M and up")
+    reader = check_gguf(inp)
+    quantized = sorted({t.tensor_type.name for t in reader.tensors if t.tensor_type not in _FLOAT_TYPES})
+    if quantized and not allow_requantize:
+        raise QuantizeError(f"{inp}: already quantized ({', '.join(quantized)}); requantizing loses quality, pass "
+                            f"--allow-requantize to do it anyway (better: quantize the F16/BF16 file)")
+    if inp.resolve() == out.resolve():
+        raise QuantizeError(f"{out}: output would overwrite the input")
+    del reader
+
+    import llama_cpp
+
+    n_threads = threads or os.cpu_count() or 1
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[name]
+    params.nthread = n_threads
+    params.allow_requantize = allow_requantize
+
+    start = time.perf_counter()
+    with atomic_path(out) as tmp:
+        status = _run_with_progress(lambda: llama_cpp.llama_model_quantize(
+            str(inp).encode(), str(tmp).encode(), params), tmp, name, show_progress)
+        if status == 0:
+            make_readable(tmp)
+        if status != 0:
+            raise QuantizeError(f"llama.cpp could not quantize {inp} to {name} (status {status}; see its log above; "
+                                f"very low-bit "
+                                f"IQ types may need an importance matrix)")
+    seconds = time.perf_counter() - start
+    size = measure_gguf(out)
+    return QuantizeResult(inp, out, name, size.file_bytes, size.bits_per_weight, seconds, n_threads)
+
+
+def _run_with_progress(job: callable, watched: Path, label: str, show: bool) -> int:  # type: ignore[valid-type]
+    """Run the blocking llama.cpp call on a thread and show the output growing, since it reports no progress itself."""
+    outcome: dict[str, int | BaseException] = {}
+
+    def target() -> None:
+        try:
+            outcome["status"] = job()
+        except BaseException as exc:  # re-raised on the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    if show:
+        with Progress(SpinnerColumn(), TextColumn("quantize {task.description}"), TextColumn("{task.fields[size]}"),
+                      TimeElapsedColumn(), transient=True) as progress:
+            task = progress.add_task(label, size="")
+            while worker.is_alive():
+                worker.join(0.2)
+                written = watched.stat().st_size if watched.exists() else 0
+                progress.update(task, size=f"{written / 2**20:.1f} MiB written")
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return int(outcome["status"])  # type: ignore[arg-type]
