@@ -120,9 +120,40 @@ def register(app: typer.Typer) -> None:
         top_p: float | None = typer.Option(None, "--top-p", "--top_p"),
         top_k: int | None = typer.Option(None, "--top-k", "--top_k"),
         repeat_penalty: float | None = typer.Option(None, "--repeat-penalty", "--repeat_penalty"),
+        engine: str = typer.Option("auto", "--engine",
+                                   help="auto (llama.cpp for .gguf, transformers for a directory) or vllm."),
     ) -> None:
+        if engine == "vllm":
+            serve_with_vllm(model, host=host, port=port, name=name, chat_template=chat_template)
+            return
+        if engine != "auto":
+            raise TooltuneError(f"--engine must be auto or vllm, got {engine!r}")
         serve(model, host=host, port=port, name=name, modelfile=modelfile, chat_template=chat_template,
               system=system, api_key=api_key, n_ctx=n_ctx, n_threads=n_threads, max_body_mb=max_body_mb,
               max_tokens_limit=max_tokens_limit,
               parameters={"temperature": temperature, "top_p": top_p, "top_k": top_k,
                           "repeat_penalty": repeat_penalty})
+
+
+def serve_with_vllm(model: str | None, *, host: str, port: int, name: str | None, chat_template: str | None) -> None:
+    """Start ``vllm serve`` with tool-call parsing on (the command ``tooltune vllm-command`` prints) and wait on it."""
+    from tooltune.vllm.launch import is_vllm_available, start_vllm, stop
+
+    if model is None:
+        raise TooltuneError("--engine vllm needs a model directory (a merged or vllm-export checkpoint)")
+    if not is_vllm_available():
+        raise TooltuneError(
+            "--engine vllm needs the `vllm` package in this environment (pip install vllm, on a CUDA machine); "
+            "`tooltune vllm-command MODEL` prints the command to run it elsewhere"
+        )
+    if not is_loopback(host):
+        typer.secho(f"warning: vLLM will listen on {host}, reachable from other machines", fg="yellow", err=True)
+    process = start_vllm(model, host=host, port=port, served_model_name=name,
+                         chat_template=resolve_chat_template(chat_template))
+    typer.echo(f"vLLM is answering on http://{host}:{port}/v1 (Ctrl-C stops it)")
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(process)
