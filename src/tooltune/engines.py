@@ -426,8 +426,15 @@ class TransformersEngine(Engine):
 
 
 def _default_threads() -> int:
-    """Physical cores, roughly: llama.cpp decodes fastest with one thread per core, not per hyper-thread."""
-    return max(1, min((os.cpu_count() or 2) // 2, 8))
+    """Physical cores, roughly: llama.cpp decodes fastest with one thread per core, not per hyper-thread.
+
+    Small machines (≤ 4 CPUs, typically VMs whose vCPUs are whole cores) use them all; ``TOOLTUNE_THREADS`` overrides.
+    """
+    override = os.environ.get("TOOLTUNE_THREADS")
+    if override and override.isdigit() and int(override) > 0:
+        return int(override)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cpus if cpus <= 4 else min(cpus // 2, 8))
 
 
 def load_engine(model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
