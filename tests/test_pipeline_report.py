@@ -1,0 +1,85 @@
+"""report.md from a manifest: intervals, tables, charts, and a report that still renders when stages are missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tooltune.pipeline.report import format_rate, render_report, wilson_interval, write_report
+
+
+def test_wilson_interval_stays_inside_0_1_and_matches_known_values() -> None:
+    low, high = wilson_interval(0, 30)
+    assert low == 0.0 and high == pytest.approx(0.1135, abs=1e-3)
+    low, high = wilson_interval(30, 30)
+    assert high == 1.0 and low == pytest.approx(0.8865, abs=1e-3)
+    low, high = wilson_interval(20, 30)
+    assert low == pytest.approx(0.488, abs=2e-3) and high == pytest.approx(0.808, abs=2e-3)
+    assert format_rate(27, 30) == "90% (27/30) [74%–97%]"
+    assert format_rate(0, 0) == "-"
+
+
+CALL_TEXT = '<tool_call>\n{"name": "convert_currency", "arguments": {"amount": 100}}\n</tool_call>'
+
+
+def manifest() -> dict:
+    rows_eval = [
+        {"model": "base", "cases": 30, "format_valid": 3, "right_name": 1, "args_match": 0, "tokens_per_second": 88.0},
+        {"model": "tuned f16", "cases": 30, "format_valid": 29, "right_name": 26, "args_match": 14},
+    ]
+    return {
+        "config": {"config_file": "demo.yaml", "dataset": "glaive_toolcall_en_demo", "template": "qwen"},
+        "versions": {"tooltune": "0.1.0", "torch": "2.13.0"},
+        "stages": {
+            "train": {
+                "status": "done",
+                "wall_seconds": 301.5,
+                "peak_rss_bytes": 1_500_000_000,
+                "summary": "40 steps, loss 0.41",
+                "metrics": {"plan": ["steps  40 total"], "loss": [[1, 2.0], [2, 1.5], [3, 0.9]], "figures": {}},
+            },
+            "gguf": {
+                "status": "done",
+                "wall_seconds": 4.0,
+                "peak_rss_bytes": 700_000_000,
+                "metrics": {"files": [{"name": "model-f16.gguf", "type": "F16", "bytes": 270e6, "label": "tuned f16"}]},
+            },
+            "eval": {
+                "status": "done",
+                "wall_seconds": 60.0,
+                "metrics": {
+                    "rows": rows_eval,
+                    "sample": {
+                        "model": "tuned f16",
+                        "case": "glaive_toolcall_en_demo.json#7@3",
+                        "messages": [{"role": "user", "content": "Convert 100 USD to EUR"}],
+                        "output": CALL_TEXT,
+                        "tool_calls": [{"name": "convert_currency", "arguments": {"amount": 100}}],
+                        "expected": [{"name": "convert_currency", "arguments": {"amount": 100}}],
+                    },
+                },
+            },
+            "quantize": {"status": "failed", "wall_seconds": 1.0, "error": "stage 'quantize' failed: boom"},
+        },
+    }
+
+
+def test_report_has_stage_eval_and_gguf_tables_and_charts(tmp_path: Path) -> None:
+    out = write_report(manifest(), tmp_path)
+    text = out.read_text()
+    assert "| train | done | 301.5 s | 1.40 GB | 40 steps, loss 0.41 |" in text
+    assert "| quantize | failed | 1.0 s | - | stage 'quantize' failed: boom |" in text
+    assert "| tuned f16 | 30 | 97% (29/30) [83%–99%] | 87% (26/30) [70%–95%] |" in text
+    assert "| `model-f16.gguf` | F16 | 257 MB | 87% (26/30) [70%–95%] |" in text
+    assert "user: Convert 100 USD to EUR" in text and '"name": "convert_currency"' in text
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_renders_with_nothing_but_a_failed_stage(tmp_path: Path) -> None:
+    text = render_report(
+        {"stages": {"preview": {"status": "failed", "error": "data.json record 3: bad role"}}}, tmp_path
+    )
+    assert "data.json record 3: bad role" in text
+    assert "## Tool-calling accuracy" not in text

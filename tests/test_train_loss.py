@@ -1,0 +1,162 @@
+"""The trained-positions LM head gives the same loss and gradients as the full-logits computation; batching pads only
+to the longest sample; the length-grouped order is deterministic and reduces padding; precision is never silently
+changed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tooltune.train.args import ModelArguments, TrainArguments, TrainConfigError
+from tooltune.train.batching import EncodedDataset, LengthGroupedSampler, PadToLongestCollator, padding_waste
+from tooltune.train.loss import TrainedPositionsHead, causal_lm_loss, find_lm_head
+
+
+class Sample:
+    def __init__(self, input_ids, labels):
+        self.input_ids, self.labels = input_ids, labels
+
+
+def _tiny_lora(model_dir, targets=("q_proj", "v_proj")):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets)))
+    with torch.no_grad():  # a fresh adapter has B = 0; make it non-zero so gradients reach both A and B
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return peft_model
+
+
+def _batch(vocab: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    samples = []
+    for length, trained in ((23, [(8, 14), (18, 23)]), (15, [(10, 15)]), (9, [])):
+        ids = torch.randint(5, vocab, (length,), generator=g).tolist()
+        labels = [-100] * length
+        for start, end in trained:
+            labels[start:end] = ids[start:end]
+        samples.append(Sample(ids, labels))
+    dataset = EncodedDataset(samples)
+    return PadToLongestCollator(pad_token_id=0)([dataset[i] for i in range(len(dataset))])
+
+
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_trained_positions_loss_equals_full_loss(tiny_llama_dir, num_items):
+    model = _tiny_lora(tiny_llama_dir)
+    batch = _batch(model.config.vocab_size)
+
+    full_loss, _, trained = causal_lm_loss(model, batch, None, num_items)
+    full_grads = torch.autograd.grad(full_loss, [p for p in model.parameters() if p.requires_grad])
+
+    # transformers' own loss (mean over trained next tokens) agrees with the reference path.
+    reference = model(**batch).loss
+    if num_items is None:
+        torch.testing.assert_close(full_loss, reference, rtol=1e-5, atol=1e-6)
+
+    head = TrainedPositionsHead(find_lm_head(model))
+    fast_loss, outputs, fast_trained = causal_lm_loss(model, batch, head, num_items)
+    fast_grads = torch.autograd.grad(fast_loss, [p for p in model.parameters() if p.requires_grad])
+    head.remove()
+
+    assert trained == fast_trained == 16  # (6 + 5) + 5, shifted by one position
+    assert outputs.logits.shape == (16, model.config.vocab_size)  # the head ran on trained positions only
+    torch.testing.assert_close(fast_loss, full_loss, rtol=1e-5, atol=1e-6)
+    for fast, full in zip(fast_grads, full_grads, strict=True):
+        torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-7)
+
+
+def test_head_hook_is_inactive_outside_loss(tiny_llama_dir):
+    model = _tiny_lora(tiny_llama_dir)
+    head = TrainedPositionsHead(find_lm_head(model))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert model(input_ids=ids).logits.shape == (1, 4, model.config.vocab_size)  # generation sees every position
+    head.remove()
+
+
+def test_collator_pads_to_longest_in_batch_only():
+    features = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, 5]}]
+    batch = PadToLongestCollator(pad_token_id=9)(features)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 9]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, 5, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_length_grouped_sampler_is_deterministic_and_cuts_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(100, 1000, (300,), generator=g).tolist()
+    sampler = LengthGroupedSampler(lengths, batch_size=2, seed=42)
+    first = list(sampler)
+    assert sorted(first) == list(range(300))  # a permutation: nothing dropped or repeated
+    assert list(LengthGroupedSampler(lengths, batch_size=2, seed=42)) == first  # depends on (seed, epoch) only
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    random_order = torch.randperm(300, generator=torch.Generator().manual_seed(42)).tolist()
+    assert padding_waste(lengths, first, 2) < padding_waste(lengths, random_order, 2) / 5
+
+
+def test_bf16_without_hardware_support_fails_clearly(monkeypatch):
+    from tooltune.train import device
+
+    monkeypatch.setattr(device, "bf16_supported", lambda use_cpu=False: False)
+    with pytest.raises(TrainConfigError, match="--bf16: .*no .*bf16.*Drop --bf16 to train in fp32"):
+        device.resolve_precision(TrainArguments(bf16=True))
+
+
+def test_this_machine_bf16_answer_is_honest():
+    """On a CPU without AVX512-BF16/AMX (this CI machine) --bf16 is refused; on a bf16 machine it is accepted."""
+    from tooltune.train import device
+
+    if device.bf16_supported():
+        assert device.resolve_precision(TrainArguments(bf16=True)).load_dtype == torch.bfloat16
+    else:
+        with pytest.raises(TrainConfigError, match="--bf16"):
+            device.resolve_precision(TrainArguments(bf16=True))
+
+
+def test_cpu_default_is_fp32_and_fp16_needs_cuda():
+    from tooltune.train import device
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA machine")
+    assert device.resolve_precision(TrainArguments()).load_dtype == torch.float32
+    with pytest.raises(TrainConfigError, match="--fp16"):
+        device.resolve_precision(TrainArguments(fp16=True))
+
+
+def test_lora_targets_all_and_unknown(tiny_qwen2_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tooltune.train.model import resolve_lora_targets
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, use_safetensors=True)
+    assert resolve_lora_targets(model, ["all"]) == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
+    with pytest.raises(TrainConfigError, match="q_prj.*it has: .*q_proj"):
+        resolve_lora_targets(model, ["q_prj"])
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path):
+    from tooltune.train.model import ModelLoadError, resolve_model_path
+
+    with pytest.raises(ModelLoadError, match="not a local model directory"):
+        resolve_model_path(ModelArguments(model_name_or_path=str(tmp_path / "nope")))
+
+
+def test_qlora_on_cpu_is_refused_without_importing_bitsandbytes():
+    from tooltune.train.device import Precision
+    from tooltune.train.model import _quantization_kwargs
+
+    cpu = Precision("cpu", "cpu", torch.float32, bf16=False, fp16=False)
+    with pytest.raises(TrainConfigError, match="CUDA"):
+        _quantization_kwargs(4, cpu)

@@ -1,0 +1,140 @@
+"""The seed's training command, scaled down to a tiny model and a few samples: it trains, logs, checkpoints
+atomically, plots, and writes a PEFT adapter that ``peft`` loads and that changes the model's output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_train_support import run_cli, seed_argv, write_mini_dataset
+
+from tooltune.args import parse_into
+from tooltune.data import DataArguments
+from tooltune.train import train
+from tooltune.train.args import FinetuningArguments, ModelArguments, TrainArguments
+from tooltune.train.callbacks import read_log
+from tooltune.train.checkpoints import STAGING_DIR, checkpoints, latest_checkpoint
+
+CLASSES = (ModelArguments, DataArguments, FinetuningArguments, TrainArguments)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Two OpenMP threads spin against each other on a shared 2-core runner; tiny models run fastest on one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def seed_run(tiny_llama_dir, tmp_path_factory):
+    """One training run shared by the assertions below (training is the slow part)."""
+    root = tmp_path_factory.mktemp("seed_run")
+    data_dir = write_mini_dataset(root / "data")
+    out = root / "out"
+    argv = seed_argv(tiny_llama_dir, data_dir, out, val_size=2)
+    torch.set_num_threads(1)
+    result = train(*parse_into(CLASSES, argv))
+    return result, out, tiny_llama_dir
+
+
+def test_plan_matches_the_run(seed_run):
+    result, out, _ = seed_run
+    plan = result.plan
+    # 12 records − 2 held out = 10 samples; batch 2 → 5 batches; accumulation 2 → 3 steps/epoch; 2 epochs → 6.
+    assert (plan.samples, plan.eval_samples, plan.effective_batch) == (10, 2, 4)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (3, 6, 1)
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == plan.total_steps == state["max_steps"]
+    assert 0 < plan.trained_tokens < plan.tokens
+    # 2 layers × r 8 × (in + out): q_proj 64→64, v_proj 64→32 (2 KV heads of 16)
+    assert plan.trainable_params == 2 * 8 * (64 + 64) + 2 * 8 * (64 + 32)
+
+
+def test_logs_every_step_with_throughput(seed_run):
+    result, out, _ = seed_run
+    records = read_log(out / "trainer_log.jsonl")
+    train_steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_steps] == [1, 2, 3, 4, 5, 6]
+    for r in train_steps:
+        assert {"loss", "learning_rate", "grad_norm", "tokens", "trained_tokens"} <= set(r)
+    assert train_steps[-1]["tokens"] == 2 * result.plan.tokens  # two epochs, no padding counted
+    assert train_steps[-1]["trained_tokens"] == 2 * result.plan.trained_tokens
+    assert any("eval_loss" in r for r in records)
+    assert "eval_loss" in result.metrics
+    assert train_steps[-1]["loss"] < train_steps[0]["loss"]  # lr 1e-2 on a tiny model: it learns
+
+
+def test_checkpoints_and_final_outputs(seed_run):
+    _, out, _ = seed_run
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-3", "checkpoint-6"]
+    assert latest_checkpoint(out).name == "checkpoint-6"
+    assert not list(out.glob(f"{STAGING_DIR}*"))  # staging folders are gone after each rename
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "training_loss.png",
+        "train_results.json",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    assert (config["r"], config["lora_alpha"]) == (8, 16)
+
+
+def test_tokenizer_carries_the_training_layout(seed_run, tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from tooltune.templates import get_template
+
+    _, out, _ = seed_run
+    saved = AutoTokenizer.from_pretrained(out)
+    expected = get_template("qwen", AutoTokenizer.from_pretrained(tiny_llama_dir)).jinja_chat_template
+    assert saved.chat_template == expected  # serving renders exactly what training saw
+
+
+def test_adapter_loads_in_peft_and_changes_output(seed_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, out, model_dir = seed_run
+    ids = torch.tensor([[1, 200, 300, 400, 500]])
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+    tuned = PeftModel.from_pretrained(base, out).eval()
+    with torch.no_grad():
+        after = tuned(input_ids=ids).logits
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_half_written_checkpoint_is_never_the_latest(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    staged = tmp_path / STAGING_DIR / "checkpoint-9"
+    staged.mkdir(parents=True)
+    (staged / "adapter_model.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+
+
+def test_bf16_on_cpu_fails_before_any_work(tmp_path, tiny_llama_dir):
+    from tooltune.train.device import bf16_supported
+
+    if bf16_supported():
+        pytest.skip("this machine supports bf16")
+    data_dir = write_mini_dataset(tmp_path / "data")
+    proc = run_cli([*seed_argv(tiny_llama_dir, data_dir, tmp_path / "out"), "--bf16"])
+    assert proc.returncode == 1, proc.stderr
+    assert "--bf16" in proc.stderr and "fp32" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_do_train_false_prints_plan_only(tmp_path, tiny_llama_dir):
+    data_dir = write_mini_dataset(tmp_path / "data")
+    argv = seed_argv(tiny_llama_dir, data_dir, tmp_path / "out", do_train="false", num_train_epochs=5, warmup_steps=20)
+    result = train(*parse_into(CLASSES, argv))
+    assert result.adapter_dir is None and result.plan.total_steps == 15
+    assert any("never reaches" in w for w in result.plan.warnings)  # 20 warmup steps > 15 total
