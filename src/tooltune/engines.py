@@ -281,13 +281,8 @@ class LlamaCppEngine(Engine):
         if tail:
             text_parts.append(tail)
             yield Chunk(tail)
-        ended = time.perf_counter()
-        first = first_token_at or ended
-        self.last_result = Result(
-            text="".join(text_parts), finish_reason=finish, prompt_tokens=len(tokens),
-            completion_tokens=len(completion), prompt_seconds=first - started, decode_seconds=ended - first,
-            load_seconds=self.load_seconds,
-        )
+        self.last_result = _timed_result(text_parts, finish, len(tokens), len(completion), started, first_token_at,
+                                         self.load_seconds)
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
@@ -392,13 +387,8 @@ class TransformersEngine(Engine):
         if tail:
             text_parts.append(tail)
             yield Chunk(tail)
-        ended = time.perf_counter()
-        first = first_token_at or ended
-        self.last_result = Result(
-            text="".join(text_parts), finish_reason=finish, prompt_tokens=len(tokens),
-            completion_tokens=len(completion), prompt_seconds=first - started, decode_seconds=ended - first,
-            load_seconds=self.load_seconds,
-        )
+        self.last_result = _timed_result(text_parts, finish, len(tokens), len(completion), started, first_token_at,
+                                         self.load_seconds)
 
     def _sample(self, logits: Any, params: SamplingParams, history: list[int], generator: Any) -> int:
         torch = self._torch
@@ -423,6 +413,16 @@ class TransformersEngine(Engine):
 
     def close(self) -> None:
         self.model = None
+
+
+def _timed_result(text_parts: list[str], finish: str, prompt_tokens: int, completion_tokens: int, started: float,
+                  first_token_at: float | None, load_seconds: float) -> Result:
+    """The Result of a finished stream: prompt time runs to the first token, decode time from it to now."""
+    ended = time.perf_counter()
+    first = first_token_at or ended
+    return Result(text="".join(text_parts), finish_reason=finish, prompt_tokens=prompt_tokens,
+                  completion_tokens=completion_tokens, prompt_seconds=first - started, decode_seconds=ended - first,
+                  load_seconds=load_seconds)
 
 
 def _default_threads() -> int:
