@@ -134,6 +134,8 @@ def test_kill_minus_9_then_rerun_resumes_identically(tmp_path, tiny_llama_dir):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed_at = int(rerun.stdout.split("resumed at ")[1].split(")")[0])  # the summary line says where it resumed
     assert 3 <= resumed_at < STEPS
+    # Piped output (a log, CI) cannot redraw a bar: progress comes as plain lines, ending at the last step.
+    assert f"train {STEPS}/{STEPS} · loss" in rerun.stdout
     got = _losses(out)
     assert sorted(got) == list(range(1, STEPS + 1))  # steps redone after the checkpoint are logged once
     for step in range(1, STEPS + 1):

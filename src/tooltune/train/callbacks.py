@@ -118,7 +118,13 @@ class RichProgressCallback(TrainerCallback):
         if self.lr is not None:
             parts.append(f"lr {self.lr:.2e}")
         parts.append(f"{tokens_per_s:,.0f} tok/s")
-        self.progress.update(self.task, completed=state.global_step, stats=" · ".join(parts))
+        stats = " · ".join(parts)
+        self.progress.update(self.task, completed=state.global_step, stats=stats)
+        if not self.console.is_terminal:
+            # Logs and CI cannot redraw a bar: print a plain line about every 10% of the run instead.
+            every = max(1, state.max_steps // 10)
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                self.console.print(f"train {state.global_step}/{state.max_steps} · {stats}", highlight=False)
 
     def on_log(
         self,
