@@ -126,7 +126,19 @@ class Engine:
     def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    # Both engines decode one request at a time on one model state; the serve scheduler queues the rest.
+    busy_message = "engine is busy: it runs one request at a time (use the serve scheduler)"
+    _lock: threading.Lock
+
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+        if not self._lock.acquire(blocking=False):
+            raise EngineError(self.busy_message)
+        try:
+            yield from self._stream_locked(prompt, params)
+        finally:
+            self._lock.release()
+
+    def _stream_locked(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
         raise NotImplementedError
 
     def generate(self, prompt: str, params: SamplingParams) -> Result:
@@ -158,6 +170,8 @@ def end_of_turn_strings(template: str, eos_token: str) -> list[str]:
 
 class LlamaCppEngine(Engine):
     """A GGUF file through llama-cpp-python, decoding token by token so counts, stops and cancels are exact."""
+
+    busy_message = "engine is busy: llama.cpp runs one request at a time (use the serve scheduler)"
 
     supports_grammar = True
 
@@ -224,14 +238,6 @@ class LlamaCppEngine(Engine):
         # Templates that write the BOS text themselves must not get a second BOS from the tokenizer.
         add_bos = self.add_bos and not (self.bos_token and text.startswith(self.bos_token))
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
-        if not self._lock.acquire(blocking=False):
-            raise EngineError("engine is busy: llama.cpp runs one request at a time (use the serve scheduler)")
-        try:
-            yield from self._stream_locked(prompt, params)
-        finally:
-            self._lock.release()
 
     def _stream_locked(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
         self.last_result = None
@@ -335,12 +341,7 @@ class TransformersEngine(Engine):
         if params.grammar:
             raise EngineError("constrained output (grammar, tool_choice required/named, format) needs a GGUF model "
                               "served through llama.cpp")
-        if not self._lock.acquire(blocking=False):
-            raise EngineError("engine is busy: it runs one request at a time (use the serve scheduler)")
-        try:
-            yield from self._stream_locked(prompt, params)
-        finally:
-            self._lock.release()
+        yield from super().stream(prompt, params)
 
     def _stream_locked(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
         torch = self._torch
