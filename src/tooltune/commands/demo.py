@@ -24,9 +24,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command(name="demo", help=DEMO_HELP, context_settings=LF_CONTEXT)
     def demo_command(ctx: typer.Context) -> None:
-        from tooltune.commands.run import split_stage_flags
+        from tooltune.commands.run import run_until_interrupted, split_stage_flags
         from tooltune.pipeline.config import load_pipeline_config
-        from tooltune.pipeline.stages import STAGE_NAMES, run_pipeline
+        from tooltune.pipeline.stages import STAGE_NAMES
 
         argv = list(ctx.args)
         if "-h" in argv or "--help" in argv:
@@ -37,9 +37,4 @@ def register(app: typer.Typer) -> None:
         config = load_pipeline_config([str(demo_config_path()), *rest])
         if not config.pipeline.run_dir:
             config.pipeline.run_dir = DEMO_RUN_DIR
-        try:
-            run_pipeline(config, from_stage=flags.get("from"), only=flags.get("only"))
-        except KeyboardInterrupt:
-            # The manifest already marks the stage interrupted; the same command resumes it.
-            typer.echo("interrupted: run the same command again to resume", err=True)
-            raise typer.Exit(130) from None
+        run_until_interrupted(config, flags)

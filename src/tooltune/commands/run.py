@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from tooltune.errors import TooltuneError
@@ -41,6 +43,17 @@ def split_stage_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return flags, rest
 
 
+def run_until_interrupted(config: Any, flags: dict[str, str]) -> None:
+    """Run the pipeline; on Ctrl-C say how to resume and exit 130 (the manifest already marks the stage interrupted)."""
+    from tooltune.pipeline.stages import run_pipeline
+
+    try:
+        run_pipeline(config, from_stage=flags.get("from"), only=flags.get("only"))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+
+
 def register(app: typer.Typer) -> None:
     from tooltune.cli import LF_CONTEXT
 
@@ -48,7 +61,7 @@ def register(app: typer.Typer) -> None:
     def run_command(ctx: typer.Context) -> None:
         from tooltune.args import format_help
         from tooltune.pipeline.config import CONFIG_CLASSES, load_pipeline_config
-        from tooltune.pipeline.stages import STAGE_NAMES, run_pipeline
+        from tooltune.pipeline.stages import STAGE_NAMES
 
         argv = list(ctx.args)
         if "-h" in argv or "--help" in argv:
@@ -58,10 +71,4 @@ def register(app: typer.Typer) -> None:
             typer.echo(format_help(CONFIG_CLASSES))
             raise typer.Exit(0)
         flags, rest = split_stage_flags(argv)
-        config = load_pipeline_config(rest)
-        try:
-            run_pipeline(config, from_stage=flags.get("from"), only=flags.get("only"))
-        except KeyboardInterrupt:
-            # The manifest already marks the stage interrupted; the same command resumes it.
-            typer.echo("interrupted: run the same command again to resume", err=True)
-            raise typer.Exit(130) from None
+        run_until_interrupted(load_pipeline_config(rest), flags)
