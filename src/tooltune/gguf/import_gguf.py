@@ -21,6 +21,7 @@ from tooltune.atomic import atomic_dir
 from tooltune.default_model import DEFAULT_MODEL_NAME, cache_dir, default_gguf_path
 from tooltune.errors import TooltuneError
 from tooltune.gguf.convert import unpermute_from_llama_cpp
+from tooltune.gguf.quantize import check_gguf
 
 
 class ImportGGUFError(TooltuneError):
@@ -106,18 +107,6 @@ def _require(reader: gguf.GGUFReader, key: str, path: Path) -> Any:
         raise ImportGGUFError(f"{path}: missing metadata {key}")
     return value
 
-
-def _open(path: Path) -> gguf.GGUFReader:
-    if not path.is_file():
-        raise ImportGGUFError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise ImportGGUFError(f"{path}: not a GGUF file (starts with {magic!r})")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as exc:  # gguf-py raises ValueError/struct.error on truncated files
-        raise ImportGGUFError(f"{path}: cannot be read as GGUF ({exc})") from None
 
 
 def _hf_tensor_names(info: _ArchInfo, n_layers: int) -> dict[str, str]:
@@ -266,7 +255,7 @@ def import_gguf_model(gguf_path: str | Path, out_dir: str | Path) -> ImportResul
 
     start = time.perf_counter()
     path = Path(gguf_path)
-    reader = _open(path)
+    reader = check_gguf(path, error=ImportGGUFError, hint="")
     arch = _field(reader, "general.architecture")
     info = _ARCHS.get(arch)
     if info is None:

@@ -72,18 +72,21 @@ class QuantizeResult:
                 f" · {self.seconds:.1f}s on {self.threads} threads")
 
 
-def check_gguf(path: Path) -> gguf.GGUFReader:
-    """Open ``path`` as GGUF or raise a one-line error that says what it is instead."""
+def check_gguf(
+    path: Path, error: type[TooltuneError] | None = None, hint: str = "; convert it first with `tooltune gguf`"
+) -> gguf.GGUFReader:
+    """Open ``path`` as GGUF or raise ``error`` (QuantizeError by default) in one line saying what it is instead."""
+    error = error or QuantizeError
     if not path.is_file():
-        raise QuantizeError(f"{path}: no such file")
+        raise error(f"{path}: no such file")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
-        raise QuantizeError(f"{path}: not a GGUF file (starts with {magic!r}); convert it first with `tooltune gguf`")
+        raise error(f"{path}: not a GGUF file (starts with {magic!r}){hint}")
     try:
         return gguf.GGUFReader(path)
-    except Exception as exc:  # gguf-py raises ValueError/struct.error on damaged files
-        raise QuantizeError(f"{path}: damaged GGUF ({exc})") from None
+    except Exception as exc:  # gguf-py raises ValueError/struct.error on damaged or truncated files
+        raise error(f"{path}: damaged GGUF ({exc})") from None
 
 
 def measure_gguf(path: str | Path) -> GGUFSize:
