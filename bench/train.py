@@ -11,7 +11,9 @@ Each configuration runs in its own process (peak RSS = that process's ``ru_maxrs
 
     llamafactory      LLaMA-Factory 0.9.5 (run from the venv given by --lf-python; skipped when absent)
     tooltune-before   tooltune with the full-vocabulary LM head and random batches (what LLaMA-Factory computes)
-    tooltune          tooltune defaults for speed: LM head on trained positions only + length-grouped batches
+    tooltune          tooltune's defaults: the LM head fused with the loss on trained positions only, the lean SwiGLU,
+                      checkpointing of only as many layers as memory needs (``--checkpoint_layers auto``; set
+                      BENCH_CHECKPOINT_LAYERS to try a number), length-grouped batches, THP-backed allocations
     tooltune-nogc     the same without gradient checkpointing (faster, more memory; only with --variants)
 
 Usage: python bench/train.py [--samples 32] [--threads 1] [--lf-python /tmp/lfenv/bin/python]
@@ -29,6 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The environment as the user started the bench: `import tooltune` sets THP_MEM_ALLOC_ENABLE for its own runs, and
+# that must not leak into LLaMA-Factory's (each side runs as it runs by default).
+BASE_ENV = dict(os.environ)
 REPO = Path(__file__).resolve().parent.parent
 # Python puts this script's folder first on sys.path, where sibling benches (bench/gguf.py) would shadow packages.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -53,6 +58,7 @@ def _time_trainer_train() -> None:
     original = transformers.Trainer.train
 
     def timed(self, *args, **kwargs):
+        TRAIN_TIMES["peak_rss_before_train_mb"] = _peak_rss_mb()
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             return original(self, *args, **kwargs)
@@ -117,6 +123,8 @@ def worker_tooltune(model: str, samples: int, out: str, variant: str) -> dict:
         str(fast).lower(),
         "--full_logits",
         str(not fast).lower(),
+        "--checkpoint_layers",
+        os.environ.get("BENCH_CHECKPOINT_LAYERS", "auto") if fast else "all",
     ]
     classes = (ModelArguments, DataArguments, FinetuningArguments, TrainArguments)
     result = train(*parse_into(classes, argv), console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
@@ -204,7 +212,7 @@ def default_model() -> str:
 
 
 def spawn(python: str, worker: str, model: str, samples: int, threads: int, variant: str = "") -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    env = dict(BASE_ENV, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     with tempfile.TemporaryDirectory(prefix=f"bench-train-{worker}-") as out:
         command = [
             python,
@@ -237,6 +245,7 @@ def main() -> None:
     parser.add_argument("--lf-python", default="/tmp/lfenv/bin/python", help="python of a venv with llamafactory")
     parser.add_argument("--variants", default="tooltune-before,tooltune", help="tooltune runs (+ tooltune-nogc)")
     parser.add_argument("--no-lf", action="store_true", help="skip the LLaMA-Factory run")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of all runs (median time, worst peak memory)")
     parser.add_argument("--worker", choices=["tooltune", "llamafactory"], help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -268,16 +277,28 @@ def main() -> None:
         ).returncode
         == 0
     )
-    if lf_ok:
-        runs["llamafactory"] = spawn(args.lf_python, "llamafactory", model, args.samples, args.threads)
-    else:
+    if not lf_ok:
         reason = "--no-lf" if args.no_lf else f"llamafactory not installed at {args.lf_python}"
         print(f"({reason}: LLaMA-Factory run skipped)")
-    for variant in args.variants.split(","):
-        runs[variant] = spawn(sys.executable, "tooltune", model, args.samples, args.threads, variant)
+    names = (["llamafactory"] if lf_ok else []) + args.variants.split(",")
+    trials: dict[str, list[dict]] = {name: [] for name in names}
+    # Rounds interleave the runs, so a slow spell of a shared machine hits every side alike; the median is reported.
+    for _ in range(args.repeat):
+        for name in names:
+            if name == "llamafactory":
+                trials[name].append(spawn(args.lf_python, "llamafactory", model, args.samples, args.threads))
+            else:
+                trials[name].append(spawn(sys.executable, "tooltune", model, args.samples, args.threads, name))
+    for name, results in trials.items():
+        results.sort(key=lambda r: r["train_cpu_s"])
+        runs[name] = dict(results[len(results) // 2])
+        runs[name]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)  # the worst peak of the rounds
 
     print("rates per second of the trainer's wall time, and per CPU second (robust on a shared machine)")
-    print(f"{'run':<17}{'wall s':>8}{'CPU s':>8}{'tok/s':>8}{'trained tok/s':>15}{'per CPU s':>11}{'peak RSS MB':>13}")
+    print(
+        f"{'run':<17}{'wall s':>8}{'CPU s':>8}{'tok/s':>8}{'trained tok/s':>15}{'per CPU s':>11}{'peak RSS MB':>13}"
+        f"{'at train start':>16}"
+    )
     for name, r in runs.items():
         if "tokens" in r:
             assert (r["tokens"], r["trained_tokens"]) == (tokens, trained), (name, r)  # same work on every side
@@ -287,9 +308,11 @@ def main() -> None:
         r.update(tokens_per_s=rate, trained_tokens_per_s=trained_rate, trained_tokens_per_cpu_s=trained_cpu_rate)
         print(
             f"{name:<17}{r['train_wall_s']:>8.1f}{r['train_cpu_s']:>8.1f}{rate:>8.1f}{trained_rate:>15.1f}"
-            f"{trained_cpu_rate:>11.1f}{r['peak_rss_mb']:>13.0f}"
+            f"{trained_cpu_rate:>11.1f}{r['peak_rss_mb']:>13.0f}{r.get('peak_rss_before_train_mb', 0):>16.0f}"
         )
     base_name = "llamafactory" if "llamafactory" in runs else "tooltune-before"
+    if base_name not in runs:
+        return
     base = runs[base_name]
     for name in [n for n in runs if n != base_name]:
         r = runs[name]

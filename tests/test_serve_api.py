@@ -343,6 +343,26 @@ def test_ollama_errors_are_4xx_in_ollama_shape(plain_server) -> None:
     assert httpx.get(f"{url}/api/tags").status_code == 200  # still serving
 
 
+def test_num_ctx_sets_the_request_context(plain_server) -> None:
+    """Ollama's options.num_ctx: the context of this request (llama.cpp is reopened with it, as Ollama reloads its
+    runner); a prompt longer than it, or a num_ctx beyond the model's training context, is a 400."""
+    url, engine = plain_server.url, plain_server.state.engine
+    long_prompt = "Tell me about the weather in Paris. " * 20  # ~180 tokens
+    small = httpx.post(f"{url}/api/chat", json={"model": MODEL, "stream": False, "options": {**FAST, "num_ctx": 64},
+                                                "messages": [{"role": "user", "content": long_prompt}]}, timeout=60)
+    assert small.status_code == 400 and "the context holds 64" in small.json()["error"]
+    huge = httpx.post(f"{url}/api/chat", json={"model": MODEL, "stream": False, "options": {"num_ctx": 10**7},
+                                               "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+    assert huge.status_code == 400 and "num_ctx 10000000" in huge.json()["error"]
+
+    reply = ollama.Client(host=url).chat(model=MODEL, messages=[{"role": "user", "content": long_prompt}],
+                                         options={**FAST, "num_ctx": 512})
+    assert reply.done and reply.prompt_eval_count > 64
+    assert engine.llm.n_ctx() == 512  # this request ran in a 512-token context
+    ollama.Client(host=url).chat(model=MODEL, messages=[{"role": "user", "content": "hi"}], options=FAST)
+    assert engine.llm.n_ctx() == engine.context_length == 2048  # the next one, without num_ctx, in the default
+
+
 def test_openai_errors_are_4xx_in_openai_shape(plain_server) -> None:
     url = plain_server.url
     ok_messages = [{"role": "user", "content": "hi"}]

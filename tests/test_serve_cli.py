@@ -36,7 +36,8 @@ def served(default_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "tooltune", "serve", "--modelfile", str(modelfile), "--chat-template", "qwen",
-               "--name", "toolcall_qwen2.5_q4", "--port", str(port), "--n-ctx", "2048", "--n-threads", "1"]
+               "--name", "toolcall_qwen2.5_q4", "--port", str(port), "--n-ctx", "2048", "--n-threads", "1",
+               "--stream-interval-ms", "0"]  # every token as made (the API tests cover the default batching)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "NO_COLOR": "1"})
     url = f"http://127.0.0.1:{port}"

@@ -52,6 +52,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF text; only the llama.cpp engine can honour it
+    n_ctx: int | None = None  # Ollama's num_ctx: this request's context window (None: the engine's)
 
 
 @dataclass
@@ -153,10 +154,23 @@ class Engine:
     def _stops(self, params: SamplingParams) -> list[str]:
         return list(dict.fromkeys([*self.stop_tokens, *params.stop]))
 
+    # The longest context a request may ask for with num_ctx (the model's training context where known).
+    train_context_length: int = 0
+
+    def _window(self, params: SamplingParams) -> int:
+        """The request's context window: its num_ctx, bounded by what the model was trained for."""
+        if params.n_ctx is None:
+            return self.context_length
+        limit = self.train_context_length or self.context_length
+        if not 1 <= params.n_ctx <= limit:
+            raise EngineError(f"num_ctx {params.n_ctx} is outside 1..{limit} (the model's training context)")
+        return params.n_ctx
+
     def _check_budget(self, prompt_tokens: int, params: SamplingParams) -> None:
-        if prompt_tokens >= self.context_length:
+        window = self._window(params)
+        if prompt_tokens >= window:
             raise EngineError(
-                f"prompt is {prompt_tokens} tokens but the context holds {self.context_length}; "
+                f"prompt is {prompt_tokens} tokens but the context holds {window}; "
                 f"raise num_ctx/--n-ctx or shorten the conversation"
             )
 
@@ -186,8 +200,8 @@ class LlamaCppEngine(Engine):
         threads = n_threads or _default_threads()
         # Prompt batches get the same thread count as decoding: llama-cpp-python's default (every logical CPU)
         # oversubscribes hyper-threads, and OpenMP's spinning threads then make prompt evaluation 10x slower.
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                   verbose=False)
+        self._threads = threads
+        self.llm = self._open(path, n_ctx)
         self.load_seconds = time.perf_counter() - started
         self.path = path
         self.name = path.stem
@@ -202,6 +216,20 @@ class LlamaCppEngine(Engine):
         self.metadata = metadata
         self._is_end_of_generation = self._end_of_generation_check()
         self._lock = threading.Lock()
+
+    def _open(self, path: Path, n_ctx: int) -> Any:
+        return self._llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self._threads,
+                                     n_threads_batch=self._threads, verbose=False)
+
+    def _use_context(self, n_ctx: int) -> None:
+        """Reopen the model with a context of ``n_ctx`` tokens, as Ollama reloads its runner when num_ctx changes
+        (llama.cpp sizes the KV cache when the context is created). The weights are memory-mapped, so this is fast."""
+        if n_ctx == self.llm.n_ctx():
+            return
+        self.llm.close()
+        self.llm = self._open(self.path, n_ctx)
+        # The end-of-generation check holds the old model's vocabulary pointer: rebind it to the new model.
+        self._is_end_of_generation = self._end_of_generation_check()
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -243,7 +271,9 @@ class LlamaCppEngine(Engine):
         self.last_result = None
         tokens = self.tokenize(prompt)
         self._check_budget(len(tokens), params)
-        max_tokens = min(params.max_tokens, self.context_length - len(tokens))
+        window = self._window(params)
+        self._use_context(window)
+        max_tokens = min(params.max_tokens, window - len(tokens))
         grammar = self._compile_grammar(params.grammar) if params.grammar else None
         self.llm.set_seed(params.seed)
         stop = _StopMatcher(self._stops(params))
@@ -348,7 +378,7 @@ class TransformersEngine(Engine):
         self.last_result = None
         tokens = self.tokenize(prompt)
         self._check_budget(len(tokens), params)
-        max_tokens = min(params.max_tokens, self.context_length - len(tokens))
+        max_tokens = min(params.max_tokens, self._window(params) - len(tokens))
         generator = torch.Generator().manual_seed(params.seed)
         stop = _StopMatcher(self._stops(params))
         started = time.perf_counter()

@@ -47,7 +47,8 @@ def is_loopback(host: str) -> bool:
 def build_server(model: str | None, *, name: str | None = None, modelfile: str | None = None,
                  chat_template: str | None = None, system: str | None = None, api_key: str | None = None,
                  n_ctx: int = 4096, n_threads: int | None = None, max_body_mb: float = 8.0,
-                 max_tokens_limit: int | None = None, parameters: dict[str, Any] | None = None) -> Any:
+                 max_tokens_limit: int | None = None, parameters: dict[str, Any] | None = None,
+                 stream_interval_ms: float = 50.0) -> Any:
     """Load the engine and return the FastAPI app (the typed entry point the CLI and the pipeline call)."""
     from tooltune.default_model import default_gguf_path
     from tooltune.engines import load_engine
@@ -78,7 +79,7 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
     served_name = name or model_path.stem
     app = create_app(engine, served_name, defaults=defaults, system=system, messages=messages, api_key=api_key,
                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_limit=max_tokens_limit,
-                     modelfile_text=modelfile_text)
+                     modelfile_text=modelfile_text, stream_interval=max(0.0, stream_interval_ms) / 1000)
     return app
 
 
@@ -120,6 +121,10 @@ def register(app: typer.Typer) -> None:
         top_p: float | None = typer.Option(None, "--top-p", "--top_p"),
         top_k: int | None = typer.Option(None, "--top-k", "--top_k"),
         repeat_penalty: float | None = typer.Option(None, "--repeat-penalty", "--repeat_penalty"),
+        stream_interval_ms: float = typer.Option(
+            50.0, "--stream-interval-ms", "--stream_interval_ms",
+            help="Streamed tokens leave at most this often (first token at once; 0: every token as made).",
+        ),
         engine: str = typer.Option("auto", "--engine",
                                    help="auto (llama.cpp for .gguf, transformers for a directory) or vllm."),
     ) -> None:
@@ -130,7 +135,7 @@ def register(app: typer.Typer) -> None:
             raise TooltuneError(f"--engine must be auto or vllm, got {engine!r}")
         serve(model, host=host, port=port, name=name, modelfile=modelfile, chat_template=chat_template,
               system=system, api_key=api_key, n_ctx=n_ctx, n_threads=n_threads, max_body_mb=max_body_mb,
-              max_tokens_limit=max_tokens_limit,
+              max_tokens_limit=max_tokens_limit, stream_interval_ms=stream_interval_ms,
               parameters={"temperature": temperature, "top_p": top_p, "top_k": top_k,
                           "repeat_penalty": repeat_penalty})
 

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tooltune.engines import Engine
 from tooltune.serve import ollama_api, openai_api, wire
+from tooltune.serve.scheduler import DEFAULT_STREAM_INTERVAL
 from tooltune.serve.state import DEFAULT_MAX_BODY_BYTES, ApiError, ServeConfig, ServerState
 
 log = logging.getLogger("tooltune.serve")
@@ -88,11 +89,12 @@ class GuardMiddleware:
 def create_app(engine: Engine, name: str, *, defaults: dict[str, Any] | None = None, system: str | None = None,
                messages: list[dict[str, Any]] | None = None, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_tokens_limit: int | None = None,
-               max_waiting: int = 64, modelfile_text: str = "") -> FastAPI:
+               max_waiting: int = 64, modelfile_text: str = "",
+               stream_interval: float = DEFAULT_STREAM_INTERVAL) -> FastAPI:
     """Both APIs serving ``engine`` under the model name ``name``."""
     config = ServeConfig(name=name, defaults=dict(defaults or {}), system=system, messages=list(messages or []),
                          api_key=api_key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
-                         max_waiting=max_waiting, modelfile_text=modelfile_text)
+                         max_waiting=max_waiting, modelfile_text=modelfile_text, stream_interval=stream_interval)
     state = ServerState(engine, config)
 
     @contextlib.asynccontextmanager

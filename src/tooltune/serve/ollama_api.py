@@ -44,7 +44,7 @@ def _sampling(state: ServerState, options: wire.OllamaOptions | None, grammar: s
     o = options or wire.OllamaOptions()
     return state.sampling(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, seed=o.seed,
                           repeat_penalty=o.repeat_penalty, stop=o.stop, max_tokens=o.num_predict,
-                          grammar=grammar, limit_name="num_predict")
+                          grammar=grammar, limit_name="num_predict", n_ctx=o.num_ctx)
 
 
 def _ndjson(item: dict[str, Any]) -> bytes:
@@ -139,46 +139,56 @@ def _chat_final(state: ServerState, text: str, tools: list[Tool], job: Job, rece
     return wire.ollama_chat_final(state.name, content, calls, _reason(job), _timings(job, received))
 
 
-async def _chat_stream(state: ServerState, stream: AsyncIterator[Chunk | Job], tools: list[Tool],
+async def _chat_stream(state: ServerState, stream: AsyncIterator[list[Chunk | Job]], tools: list[Tool],
                        received: float) -> AsyncIterator[bytes]:
     parser = StreamingToolCallParser(tools=tools) if tools else None
     try:
-        async for item in stream:
-            if isinstance(item, Job):
-                if parser is not None:
-                    for line in _chat_events(state, parser.finish()):
-                        yield line
-                final = wire.ollama_chat_final(state.name, "", None, _reason(item), _timings(item, received))
-                yield _ndjson(final)
-                return
-            if parser is None:
-                yield _ndjson(wire.ollama_chat_chunk(state.name, item.text))
-            else:
-                for line in _chat_events(state, parser.feed(item.text)):
-                    yield line
+        async for batch in stream:
+            lines: list[bytes] = []
+            created = wire.now_rfc3339()  # one stamp per batch: its lines leave together
+            for item in batch:
+                if isinstance(item, Job):
+                    if parser is not None:
+                        lines += _chat_events(state, parser.finish(), created)
+                    lines.append(_ndjson(wire.ollama_chat_final(state.name, "", None, _reason(item),
+                                                                _timings(item, received))))
+                    yield b"".join(lines)
+                    return
+                if parser is None:
+                    lines.append(_ndjson(wire.ollama_chat_chunk(state.name, item.text, created_at=created)))
+                else:
+                    lines += _chat_events(state, parser.feed(item.text), created)
+            if lines:
+                yield b"".join(lines)
     except Exception as exc:  # headers are sent: report in-band, as Ollama does
         yield _ndjson(wire.ollama_error(str(exc)))
 
 
-def _chat_events(state: ServerState, events: list[ContentDelta | ToolCallDone]) -> list[bytes]:
+def _chat_events(state: ServerState, events: list[ContentDelta | ToolCallDone], created: str) -> list[bytes]:
     lines = []
     for event in events:
         if isinstance(event, ToolCallDone):
             call = wire.ollama_tool_call(event.call, event.index)
-            lines.append(_ndjson(wire.ollama_chat_chunk(state.name, "", [call])))
+            lines.append(_ndjson(wire.ollama_chat_chunk(state.name, "", [call], created_at=created)))
         elif event.text:
-            lines.append(_ndjson(wire.ollama_chat_chunk(state.name, event.text)))
+            lines.append(_ndjson(wire.ollama_chat_chunk(state.name, event.text, created_at=created)))
     return lines
 
 
-async def _generate_stream(state: ServerState, stream: AsyncIterator[Chunk | Job],
+async def _generate_stream(state: ServerState, stream: AsyncIterator[list[Chunk | Job]],
                            received: float) -> AsyncIterator[bytes]:
     try:
-        async for item in stream:
-            if isinstance(item, Job):
-                yield _ndjson(wire.ollama_generate_final(state.name, "", _reason(item), _timings(item, received)))
-                return
-            yield _ndjson(wire.ollama_generate_chunk(state.name, item.text))
+        async for batch in stream:
+            lines: list[bytes] = []
+            created = wire.now_rfc3339()
+            for item in batch:
+                if isinstance(item, Job):
+                    lines.append(_ndjson(wire.ollama_generate_final(state.name, "", _reason(item),
+                                                                    _timings(item, received))))
+                    yield b"".join(lines)
+                    return
+                lines.append(_ndjson(wire.ollama_generate_chunk(state.name, item.text, created_at=created)))
+            yield b"".join(lines)
     except Exception as exc:
         yield _ndjson(wire.ollama_error(str(exc)))
 

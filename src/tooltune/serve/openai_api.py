@@ -140,7 +140,7 @@ def _sse(item: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(item, ensure_ascii=False)}\n\n".encode()
 
 
-async def _sse_stream(state: ServerState, plan: ToolPlan, stream: AsyncIterator[Chunk | Job], cid: str,
+async def _sse_stream(state: ServerState, plan: ToolPlan, stream: AsyncIterator[list[Chunk | Job]], cid: str,
                       created: int, include_usage: bool) -> AsyncIterator[bytes]:
     parser = StreamingToolCallParser(tools=plan.tools) if plan.parse else None
     calls_sent = 0
@@ -166,24 +166,27 @@ async def _sse_stream(state: ServerState, plan: ToolPlan, stream: AsyncIterator[
         return out
 
     try:
-        yield _sse(wire.openai_chunk(cid, created, state.name, {"role": "assistant", "content": ""}))
-        async for item in stream:
-            if isinstance(item, Job):
-                if parser is not None:
-                    for line in events_to_chunks(parser.finish()):
-                        yield line
-                assert item.result is not None
-                finish = "tool_calls" if calls_sent else item.result.finish_reason
-                yield _sse(wire.openai_chunk(cid, created, state.name, {}, finish))
-                if include_usage:
-                    yield _sse(wire.openai_usage_chunk(cid, created, state.name, item.result))
-                yield b"data: [DONE]\n\n"
-                return
-            if parser is None:
-                yield _sse(wire.openai_chunk(cid, created, state.name, {"content": item.text}))
-            else:
-                for line in events_to_chunks(parser.feed(item.text)):
-                    yield line
+        lines = [_sse(wire.openai_chunk(cid, created, state.name, {"role": "assistant", "content": ""}))]
+        async for batch in stream:
+            for item in batch:
+                if isinstance(item, Job):
+                    if parser is not None:
+                        lines += events_to_chunks(parser.finish())
+                    assert item.result is not None
+                    finish = "tool_calls" if calls_sent else item.result.finish_reason
+                    lines.append(_sse(wire.openai_chunk(cid, created, state.name, {}, finish)))
+                    if include_usage:
+                        lines.append(_sse(wire.openai_usage_chunk(cid, created, state.name, item.result)))
+                    lines.append(b"data: [DONE]\n\n")
+                    yield b"".join(lines)
+                    return
+                if parser is None:
+                    lines.append(_sse(wire.openai_chunk(cid, created, state.name, {"content": item.text})))
+                else:
+                    lines += events_to_chunks(parser.feed(item.text))
+            if lines:  # the events of one batch leave in one write
+                yield b"".join(lines)
+                lines = []
     except Exception as exc:  # headers are sent: report in-band
         yield _sse(wire.openai_error(str(exc), 500))
         yield b"data: [DONE]\n\n"

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from tooltune.chat_template import ChatTemplateError
 from tooltune.conversation import ConversationError, Message, Tool
 from tooltune.engines import Chunk, Engine, EngineError, SamplingParams
-from tooltune.serve.scheduler import Job, QueueFullError, Scheduler
+from tooltune.serve.scheduler import DEFAULT_STREAM_INTERVAL, Job, QueueFullError, Scheduler
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -48,6 +48,7 @@ class ServeConfig:
     max_tokens_limit: int | None = None  # default: the context length
     max_waiting: int = 64
     modelfile_text: str = ""
+    stream_interval: float = DEFAULT_STREAM_INTERVAL  # seconds between hand-overs of streamed tokens (0: each)
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -57,7 +58,7 @@ class ServerState:
     def __init__(self, engine: Engine, config: ServeConfig) -> None:
         self.engine = engine
         self.config = config
-        self.scheduler = Scheduler(engine, max_waiting=config.max_waiting)
+        self.scheduler = Scheduler(engine, max_waiting=config.max_waiting, stream_interval=config.stream_interval)
         self.started = time.time()
         self.max_tokens_limit = config.max_tokens_limit or engine.context_length
         self.defaults = OLLAMA_DEFAULTS | config.defaults
@@ -138,7 +139,7 @@ class ServerState:
     def sampling(self, *, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                  seed: int | None = None, repeat_penalty: float | None = None, stop: list[str] | str | None = None,
                  max_tokens: int | None = None, grammar: str | None = None,
-                 limit_name: str = "max_tokens") -> SamplingParams:
+                 limit_name: str = "max_tokens", n_ctx: int | None = None) -> SamplingParams:
         d = self.defaults
         if max_tokens is None and d.get("num_predict") is not None:  # a Modelfile's PARAMETER num_predict
             max_tokens = min(int(d["num_predict"]), self.max_tokens_limit)
@@ -158,13 +159,18 @@ class ServerState:
             repeat_penalty=float(_first(repeat_penalty, d.get("repeat_penalty"), 1.0)),
             stop=stops,
             grammar=grammar,
+            n_ctx=n_ctx,
         )
 
     # ---- running ----
 
-    async def open_stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk | Job]:
-        """Start a job and return its iterator once the first item is ready, so start-up errors are still 4xx."""
-        iterator = self.scheduler.stream(prompt, params)
+    async def open_stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[list[Chunk | Job]]:
+        """Start a job and return its batches once the first is ready, so start-up errors are still 4xx.
+
+        Each batch is a list of chunks handed over together (see ``tooltune.serve.scheduler``); the last one ends
+        with the finished ``Job``.
+        """
+        iterator = self.scheduler.batches(prompt, params)
         try:
             first = await iterator.__anext__()
         except QueueFullError as exc:
@@ -174,11 +180,11 @@ class ServerState:
         except StopAsyncIteration:  # pragma: no cover - the scheduler always ends with the Job
             raise ApiError(500, "generation produced nothing") from None
 
-        async def chained() -> AsyncIterator[Chunk | Job]:
+        async def chained() -> AsyncIterator[list[Chunk | Job]]:
             try:
                 yield first
-                async for item in iterator:
-                    yield item
+                async for batch in iterator:
+                    yield batch
             finally:
                 await iterator.aclose()
 
@@ -190,10 +196,11 @@ class ServerState:
 
         async def collect() -> tuple[str, Job]:
             parts: list[str] = []
-            async for item in stream:
-                if isinstance(item, Job):
-                    return "".join(parts), item
-                parts.append(item.text)
+            async for batch in stream:
+                for item in batch:
+                    if isinstance(item, Job):
+                        return "".join(parts), item
+                    parts.append(item.text)
             raise ApiError(500, "generation ended without a result")
 
         task = asyncio.ensure_future(collect())

@@ -133,11 +133,12 @@ def ollama_timings(result: Result, total_seconds: float, load_seconds: float) ->
     }
 
 
-def ollama_chat_chunk(model: str, content: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def ollama_chat_chunk(model: str, content: str, tool_calls: list[dict[str, Any]] | None = None,
+                      created_at: str | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    return {"model": model, "created_at": now_rfc3339(), "message": message, "done": False}
+    return {"model": model, "created_at": created_at or now_rfc3339(), "message": message, "done": False}
 
 
 def ollama_chat_final(model: str, content: str, tool_calls: list[dict[str, Any]] | None, done_reason: str,
@@ -149,8 +150,8 @@ def ollama_chat_final(model: str, content: str, tool_calls: list[dict[str, Any]]
     return out
 
 
-def ollama_generate_chunk(model: str, text: str) -> dict[str, Any]:
-    return {"model": model, "created_at": now_rfc3339(), "response": text, "done": False}
+def ollama_generate_chunk(model: str, text: str, created_at: str | None = None) -> dict[str, Any]:
+    return {"model": model, "created_at": created_at or now_rfc3339(), "response": text, "done": False}
 
 
 def ollama_generate_final(model: str, text: str, done_reason: str, timings: dict[str, Any]) -> dict[str, Any]:

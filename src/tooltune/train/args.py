@@ -87,6 +87,13 @@ class TrainArguments:
         default=True, metadata=_help("recompute activations in backward to save memory (LLaMA-Factory's default)")
     )
     disable_gradient_checkpointing: bool = field(default=False, metadata=_help("LLaMA-Factory's switch to turn it off"))
+    checkpoint_layers: str = field(
+        default="auto",
+        metadata=_help(
+            "with gradient checkpointing: `all` decoder layers, a number of them, or `auto` (as many as keep memory "
+            "at what a stock LM head would need; the fused head's savings buy the rest)"
+        ),
+    )
     group_by_length: bool = field(
         default=False, metadata=_help("batch samples of similar length together (less padding, faster)")
     )

@@ -1,10 +1,21 @@
-"""Causal-LM loss computed only where a label is trained.
+"""Causal-LM loss computed only where a label is trained, without ever holding the logits.
 
 Most tokens of a tool-calling sample are prompt (system prompt with tool schemas, user turns, tool results), yet a
 stock causal LM projects every position through the vocabulary-sized LM head and materialises ``batch × seq × vocab``
-fp32 logits. A forward pre-hook on the LM head hands it only the hidden states whose *next* token is trained, so the
-head's matmul, the logits memory and the softmax shrink to the trained share. The hook sits inside the model's own
-forward, so DDP/FSDP wrappers, gradient checkpointing and PEFT see an ordinary forward pass.
+fp32 logits — three times over at the start of the backward pass (the logits' log-softmax, its gradient and the
+logits' gradient). Two steps remove that:
+
+1. A forward pre-hook on the LM head hands it only the hidden states whose *next* token is trained, so the head's
+   matmul and softmax shrink to the trained share.
+2. With a frozen head (LoRA never trains it) the head's forward is replaced by a fused cross-entropy: it walks the
+   trained positions in chunks, computes each chunk's logits, its loss and — right away — the gradient with respect
+   to the hidden states (``(softmax - onehot) @ W``), and keeps only that ``positions × hidden`` gradient for the
+   backward pass. Same arithmetic as the unfused path (one matmul forward, one backward), no ``× vocab`` tensor
+   beyond one chunk. The model's forward then returns the summed loss where the logits would be.
+
+Both live inside the model's own forward, so DDP/FSDP wrappers, gradient checkpointing and PEFT see an ordinary
+forward pass. A model that post-processes its logits (soft-capping, scaling) would turn the fused loss into nonsense,
+so ``fused_head_matches`` compares both paths on a short input before the fused one is used.
 """
 
 from __future__ import annotations
@@ -26,13 +37,67 @@ def next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return mask, shifted[mask]
 
 
-class TrainedPositionsHead:
-    """Forward pre-hook that gathers the LM head's input at the positions in ``self.mask`` (set per batch)."""
+# Rows of logits computed at once by the fused head: 32 MiB of fp32 logits per chunk at a 32k vocabulary.
+FUSED_CHUNK_BYTES = 32 * 2**20
 
-    def __init__(self, lm_head: nn.Module) -> None:
+
+class _FrozenHeadCrossEntropy(torch.autograd.Function):
+    """Summed next-token cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets``, chunked.
+
+    The gradient with respect to ``hidden`` is computed during the forward, chunk by chunk, so no full logits tensor
+    is ever saved; ``weight`` and ``bias`` are frozen (no gradient).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+    ) -> torch.Tensor:
+        rows = hidden.shape[0]
+        chunk = max(1, FUSED_CHUNK_BYTES // (4 * weight.shape[0]))
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for start in range(0, rows, chunk):
+            stop = min(rows, start + chunk)
+            logits = F.linear(hidden[start:stop], weight, bias).float()
+            target = targets[start:stop]
+            target_logit = logits.gather(1, target[:, None]).squeeze(1)
+            log_normaliser = torch.logsumexp(logits, dim=-1)
+            total += (log_normaliser - target_logit).sum()
+            if grad_hidden is not None:
+                probs = logits.sub_(log_normaliser[:, None]).exp_()  # softmax, in the logits' own memory
+                probs[torch.arange(stop - start, device=probs.device), target] -= 1.0
+                grad_hidden[start:stop] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad_hidden if grad_hidden is not None else hidden.new_empty(0))
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None
+
+
+class TrainedPositionsHead:
+    """Gathers the LM head's input at the positions in ``self.mask`` (set per batch); with ``fused`` and
+    ``self.targets`` set, the head returns the summed cross-entropy instead of logits."""
+
+    def __init__(self, lm_head: nn.Module, fused: bool = False) -> None:
         self.lm_head = lm_head
         self.mask: torch.Tensor | None = None
+        self.targets: torch.Tensor | None = None
+        self.fused = fused
         self._handle = lm_head.register_forward_pre_hook(self._select)
+        self._original_forward = None
+        if fused:
+            # An instance attribute shadows the class's forward; module hooks (FSDP/DeepSpeed gathers) still wrap it.
+            self._original_forward = lm_head.forward
+            lm_head.forward = self._forward  # type: ignore[method-assign]
+
+    def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        assert self._original_forward is not None
+        if self.targets is None:
+            return self._original_forward(hidden)
+        bias = getattr(self.lm_head, "bias", None)
+        return _FrozenHeadCrossEntropy.apply(hidden, self.lm_head.weight, bias, self.targets)
 
     def _select(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if self.mask is None:
@@ -47,6 +112,9 @@ class TrainedPositionsHead:
 
     def remove(self) -> None:
         self._handle.remove()
+        if self._original_forward is not None:
+            del self.lm_head.forward  # back to the class's forward
+            self._original_forward = None
 
 
 def find_lm_head(model: nn.Module) -> nn.Module | None:
@@ -78,12 +146,17 @@ def causal_lm_loss(
     mask, targets = next_token_targets(labels)
     if head is not None:
         head.mask = mask
+        head.targets = targets if head.fused else None
         try:
             outputs = model(**model_inputs)
         finally:
             head.mask = None
+            head.targets = None
         logits = outputs.logits
-        if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
+        if head.fused:
+            if logits.dim() != 0:
+                raise RuntimeError(f"fused LM head: expected the summed loss, got a tensor of {tuple(logits.shape)}")
+        elif logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
             raise RuntimeError(
                 f"trained-positions LM head: got logits {tuple(logits.shape)} for {targets.shape[0]} trained tokens"
             )
@@ -91,7 +164,10 @@ def causal_lm_loss(
         outputs = model(**model_inputs)
         logits = outputs.logits[mask]
     trained = int(targets.numel())
-    total = F.cross_entropy(logits.float(), targets, reduction="sum")
+    if head is not None and head.fused:
+        total = outputs.logits.float()
+    else:
+        total = F.cross_entropy(logits.float(), targets, reduction="sum")
     if num_items_in_batch is not None:
         denominator = num_items_in_batch
         if isinstance(denominator, torch.Tensor):
@@ -101,3 +177,32 @@ def causal_lm_loss(
     else:
         loss = total / max(trained, 1)
     return loss, outputs, trained
+
+
+def fused_head_matches(model: nn.Module, lm_head: nn.Module, vocab_size: int, device: torch.device | str) -> bool:
+    """Whether the fused head's loss equals the plain head's on a short random input (a model that transforms its
+    logits after the head — soft-capping, scaling — would not)."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (1, 12), generator=generator)
+    labels = ids.clone()
+    labels[:, :4] = IGNORE_INDEX
+    inputs = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
+    was_training = model.training
+    model.eval()
+    plain = TrainedPositionsHead(lm_head)
+    try:
+        with torch.no_grad():
+            expected, _, _ = causal_lm_loss(model, inputs, plain)
+    finally:
+        plain.remove()
+    fused = TrainedPositionsHead(lm_head, fused=True)
+    try:
+        with torch.no_grad():
+            got, _, _ = causal_lm_loss(model, inputs, fused)
+    except RuntimeError:
+        return False
+    finally:
+        fused.remove()
+        model.train(was_training)
+    return bool(torch.isfinite(got)) and abs(float(got) - float(expected)) <= 1e-3 * max(1.0, abs(float(expected)))

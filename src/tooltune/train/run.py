@@ -185,6 +185,7 @@ def train(
     """LoRA SFT: returns the adapter directory, final metrics and the plan it printed."""
     from transformers import AutoTokenizer, PrinterCallback, set_seed
 
+    from tooltune.train.activations import lean_swiglu, plan_checkpointing
     from tooltune.train.batching import EncodedDataset, PadToLongestCollator
     from tooltune.train.model import (
         attach_lora,
@@ -229,6 +230,12 @@ def train(
         enable_gradient_checkpointing(model)
     model = attach_lora(model, model_args, finetune_args)
     trainable, total = count_parameters(model)
+    lean_swiglu(model)
+    fused_head = use_fused_head(model, training_args)
+    checkpointing_label = ""
+    if gradient_checkpointing:
+        kept, layers = plan_checkpointing(model, training_args.checkpoint_layers, model.config.vocab_size, fused_head)
+        checkpointing_label = " + gradient checkpointing" + (f" ({kept} of {layers} layers)" if kept < layers else "")
 
     plan = compute_plan(
         samples=len(data.train),
@@ -245,7 +252,7 @@ def train(
         trainable_params=trainable,
         total_params=total,
         device=precision.device_name,
-        dtype=precision.label + (" + gradient checkpointing" if gradient_checkpointing else ""),
+        dtype=precision.label + checkpointing_label,
     )
     if main:
         print_plan(console, plan, model_path, data)
@@ -263,6 +270,7 @@ def train(
         data_collator=PadToLongestCollator(tokenizer.pad_token_id),
         group_by_length=training_args.group_by_length,
         trained_positions_only=not training_args.full_logits,
+        fused_head=fused_head,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(JsonlLogCallback(output_dir))
@@ -295,6 +303,20 @@ def train(
     if trainer.head is not None:
         trainer.head.remove()
     return result
+
+
+def use_fused_head(model: Any, training_args: TrainArguments) -> bool:
+    """The fused LM head + loss (``tooltune.train.loss``) when the head is frozen, the model returns its head's output
+    untouched (checked on a short input), and no sharding engine manages the weights (DeepSpeed and FSDP gather them
+    in their own hooks; there the plain trained-positions head is used)."""
+    from tooltune.train.loss import find_lm_head, fused_head_matches, lm_head_is_frozen
+
+    if training_args.full_logits or training_args.deepspeed or os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        return False
+    lm_head = find_lm_head(model)
+    if lm_head is None or not lm_head_is_frozen(lm_head) or getattr(lm_head, "weight", None) is None:
+        return False
+    return fused_head_matches(model, lm_head, model.config.vocab_size, lm_head.weight.device)
 
 
 def summary_line(trainer: Any, metrics: dict[str, Any], seconds: float, output_dir: Path) -> str:

@@ -3,7 +3,7 @@
 ``ToolTuneTrainer`` changes three things in the stock Trainer and nothing else, so ``accelerate launch`` /
 ``torchrun`` / DeepSpeed / FSDP work as they do upstream:
 
-- ``compute_loss`` runs the LM head on trained positions only (``tooltune.train.loss``);
+- ``compute_loss`` runs the LM head on trained positions only, fused with the loss (``tooltune.train.loss``);
 - ``_save_checkpoint`` writes into a staging folder and renames the finished checkpoint into place;
 - the train sampler can group samples by length with an order fixed by ``(seed, epoch)``.
 """
@@ -23,7 +23,8 @@ from tooltune.train.loss import TrainedPositionsHead, causal_lm_loss, find_lm_he
 
 
 class ToolTuneTrainer(Trainer):
-    def __init__(self, *args: Any, trained_positions_only: bool = True, group_by_length: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, trained_positions_only: bool = True, fused_head: bool = False,
+                 group_by_length: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.group_by_length = group_by_length
         self.tokens_seen = 0  # input tokens (no padding) processed by this process
@@ -34,7 +35,7 @@ class ToolTuneTrainer(Trainer):
         lm_head = find_lm_head(self.model)
         if trained_positions_only and lm_head is not None and lm_head_is_frozen(lm_head):
             # A trainable head (e.g. --additional_target lm_head) must see every position for DDP to sync its grads.
-            self.head = TrainedPositionsHead(lm_head)
+            self.head = TrainedPositionsHead(lm_head, fused=fused_head)
         # Our compute_loss normalises by the trained tokens of the whole accumulated batch, so ask the Trainer to
         # count them (num_items_in_batch) and not to divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
