@@ -170,3 +170,18 @@ def test_auto_checkpointing_keeps_blocks_a_large_model_cannot_afford(tiny_llama_
     monkeypatch.setattr(activations, "activation_bytes_per_token", lambda m, v: 5.0 * v)
     assert plan_checkpointing(model, "auto", vocab, fused_head=True) == (1, 2)
     assert [layer.gradient_checkpointing for layer in checkpointed_layers(model)] == [True, False]
+
+
+def test_fused_head_in_bf16_matches_the_full_head(tiny_llama_dir):
+    """GPU runs train in bf16: the fused head upcasts each chunk's logits to fp32 like the stock loss does, and hands
+    back a bf16 gradient."""
+    model = _tiny_lora(tiny_llama_dir).to(torch.bfloat16)
+    batch = _batch(model.config.vocab_size)
+    full_loss, full_grads = _loss_and_grads(model, batch)[:2]
+    head = TrainedPositionsHead(find_lm_head(model), fused=True)
+    fused_loss, fused_grads = _loss_and_grads(model, batch, head)[:2]
+    head.remove()
+    torch.testing.assert_close(fused_loss, full_loss, rtol=1e-2, atol=1e-2)
+    for fused, full in zip(fused_grads, full_grads, strict=True):
+        assert fused.dtype == torch.bfloat16
+        torch.testing.assert_close(fused.float(), full.float(), rtol=5e-2, atol=2e-3)
