@@ -16,7 +16,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,22 +85,14 @@ class Server:
         self.process.wait(timeout=30)
 
 
-# One client per thread, kept open as real clients keep theirs (``ollama.Client``, ``openai.OpenAI``): building an
-# httpx client loads the CA bundle into an SSL context (~30 ms here), a cost of the caller, not of the server.
-_clients = threading.local()
+def stream_one(client: httpx.Client, url: str, text: str, tokens: int) -> tuple[float, float, int]:
+    """One raw /api/generate stream; returns (time to first token, decode seconds, tokens) as the client sees them.
 
-
-def _client() -> httpx.Client:
-    if not hasattr(_clients, "client"):
-        _clients.client = httpx.Client(timeout=600)
-    return _clients.client
-
-
-def stream_one(url: str, text: str, tokens: int, client: httpx.Client | None = None) -> tuple[float, float, int]:
-    """One raw /api/generate stream; returns (time to first token, decode seconds, tokens) as the client sees them."""
+    ``client`` stays open between requests, as real clients keep theirs (``ollama.Client``, ``openai.OpenAI``):
+    building an httpx client loads the CA bundle into an SSL context (~30 ms here), a cost of the caller, not of the
+    server."""
     body = {"model": "bench", "prompt": text, "raw": True, "stream": True,
             "options": {"temperature": 0, "num_predict": tokens}}
-    client = client or _client()
     started = time.perf_counter()
     first = None
     count = 0
@@ -128,7 +119,8 @@ def main() -> None:
     texts = prompts(args.runs)
 
     server = Server(model, args.threads)
-    stream_one(server.url, prompts(1, offset=99)[0], 8)  # warm-up both paths the same way
+    client = httpx.Client(timeout=600)
+    stream_one(client, server.url, prompts(1, offset=99)[0], 8)  # warm-up both paths the same way
     llm = direct_llama(model, args.threads)
     bench_direct(llm, prompts(1, offset=98), 8)
 
@@ -136,7 +128,7 @@ def main() -> None:
     direct, served = [], []
     for text in texts:
         direct += bench_direct(llm, [text], args.tokens)
-        served.append(stream_one(server.url, text, args.tokens))
+        served.append(stream_one(client, server.url, text, args.tokens))
 
     def rate(rows: list[tuple[float, float, int]]) -> float:
         return sum(r[2] - 1 for r in rows) / sum(r[1] for r in rows)  # tokens after the first / decode time
@@ -158,7 +150,7 @@ def main() -> None:
         connections = [httpx.Client(timeout=600) for _ in batch]
         started = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
-            rows = list(pool.map(lambda tc: stream_one(server.url, tc[0], args.tokens // 2, tc[1]),
+            rows = list(pool.map(lambda tc: stream_one(tc[1], server.url, tc[0], args.tokens // 2),
                                  zip(batch, connections, strict=True)))
         wall = time.perf_counter() - started
         throughput = sum(r[2] for r in rows) / wall

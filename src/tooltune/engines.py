@@ -166,13 +166,15 @@ class Engine:
             raise EngineError(f"num_ctx {params.n_ctx} is outside 1..{limit} (the model's training context)")
         return params.n_ctx
 
-    def _check_budget(self, prompt_tokens: int, params: SamplingParams) -> None:
+    def _check_budget(self, prompt_tokens: int, params: SamplingParams) -> int:
+        """The request's context window, once the prompt is known to fit in it."""
         window = self._window(params)
         if prompt_tokens >= window:
             raise EngineError(
                 f"prompt is {prompt_tokens} tokens but the context holds {window}; "
                 f"raise num_ctx/--n-ctx or shorten the conversation"
             )
+        return window
 
 
 def end_of_turn_strings(template: str, eos_token: str) -> list[str]:
@@ -270,8 +272,7 @@ class LlamaCppEngine(Engine):
     def _stream_locked(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
         self.last_result = None
         tokens = self.tokenize(prompt)
-        self._check_budget(len(tokens), params)
-        window = self._window(params)
+        window = self._check_budget(len(tokens), params)
         self._use_context(window)
         max_tokens = min(params.max_tokens, window - len(tokens))
         grammar = self._compile_grammar(params.grammar) if params.grammar else None
@@ -377,8 +378,8 @@ class TransformersEngine(Engine):
         torch = self._torch
         self.last_result = None
         tokens = self.tokenize(prompt)
-        self._check_budget(len(tokens), params)
-        max_tokens = min(params.max_tokens, self._window(params) - len(tokens))
+        window = self._check_budget(len(tokens), params)
+        max_tokens = min(params.max_tokens, window - len(tokens))
         generator = torch.Generator().manual_seed(params.seed)
         stop = _StopMatcher(self._stops(params))
         started = time.perf_counter()

@@ -132,16 +132,6 @@ class Scheduler:
                         self.waiting -= 1
                         self.cancelled += 1
 
-    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk | Job]:
-        """The same items one by one: chunks, then the finished ``Job``."""
-        batches = self.batches(prompt, params)
-        try:
-            async for batch in batches:
-                for item in batch:
-                    yield item
-        finally:
-            await batches.aclose()
-
     @staticmethod
     def _collect_stragglers(job: Job, waiter: asyncio.Future[None]) -> None:
         with job.lock:
