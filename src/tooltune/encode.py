@@ -199,6 +199,11 @@ def encode_turns(
     full_length = sum(len(s) + len(t) for s, t in turns)
     build = build_lf if policy == "lf" else build_safe
     input_ids, labels, kept = build(turns, cutoff_len, train_on_prompt, mask_history)
+    if kept > 0 and all(label == IGNORE_INDEX for label in labels):
+        raise EncodeError(
+            "no token of this sample is trained (every assistant reply was masked or cut away); a sample that "
+            "teaches nothing is an error, not a silent skip"
+        )
     if kept == 0:
         first = len(turns[0][0]) + len(turns[0][1]) if turns else 0
         raise EncodeError(
@@ -227,10 +232,15 @@ def encode_conversation(
     """One conversation; ``tokenizer`` defaults to (and must be) the template's. Raises ``EncodeError``."""
     if tokenizer is not None and tokenizer is not template.tokenizer:
         raise EncodeError("encode_conversation: tokenizer differs from the one the template was built with")
-    (turns,) = template.encode_turns([conv])
-    if isinstance(turns, TemplateError):
-        raise EncodeError(str(turns))
-    encoded = encode_turns(turns, cutoff_len, policy, train_on_prompt, mask_history)
+    (samples,) = template.encode_samples([conv])
+    if isinstance(samples, TemplateError):
+        raise EncodeError(str(samples))
+    if len(samples) != 1:
+        raise EncodeError(
+            f"{conv.where()}: the chat template rewrites earlier turns, so this conversation is {len(samples)} samples "
+            "(one per assistant message); use encode_dataset"
+        )
+    encoded = encode_turns(samples[0], cutoff_len, policy, train_on_prompt, mask_history)
     encoded.source, encoded.record = conv.source, conv.index
     return encoded
 
@@ -250,17 +260,20 @@ def encode_dataset(
     report = EncodeReport(cutoff_len=cutoff_len, policy=policy)
     for start in range(0, len(conversations), chunk_size):
         chunk = conversations[start : start + chunk_size]
-        for offset, (conv, turns) in enumerate(zip(chunk, template.encode_turns(chunk), strict=True)):
+        for offset, (conv, samples) in enumerate(zip(chunk, template.encode_samples(chunk), strict=True)):
             position = start + offset
-            try:
-                if isinstance(turns, TemplateError):
-                    raise EncodeError(str(turns))
-                encoded = encode_turns(turns, cutoff_len, policy, train_on_prompt, mask_history)
-            except EncodeError as exc:
-                report.skipped.append(Skipped(position, conv.source, conv.index, str(exc)))
+            if isinstance(samples, TemplateError):
+                report.skipped.append(Skipped(position, conv.source, conv.index, str(samples)))
                 continue
-            encoded.position, encoded.source, encoded.record = position, conv.source, conv.index
-            report.samples.append(encoded)
+            # Usually one sample; one per assistant message when the chat template rewrites earlier turns.
+            for turns in samples:
+                try:
+                    encoded = encode_turns(turns, cutoff_len, policy, train_on_prompt, mask_history)
+                except EncodeError as exc:
+                    report.skipped.append(Skipped(position, conv.source, conv.index, str(exc)))
+                    continue
+                encoded.position, encoded.source, encoded.record = position, conv.source, conv.index
+                report.samples.append(encoded)
         if on_progress is not None:
             on_progress(min(start + chunk_size, len(conversations)), len(conversations))
     if packing:

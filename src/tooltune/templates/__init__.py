@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tooltune.families.family import FAMILIES
 from tooltune.templates.base import Template, TemplateError, TokenTurns, Turn
 from tooltune.templates.jinja import JinjaTemplate
 from tooltune.templates.qwen import QWEN_DEFAULT_SYSTEM, QwenTemplate
@@ -27,20 +28,30 @@ from tooltune.templates.qwen import QWEN_DEFAULT_SYSTEM, QwenTemplate
 TEMPLATES: dict[str, str] = {
     "qwen": "LLaMA-Factory's qwen layout (Hermes tool block, <tool_call> JSON), bit-identical to LLaMA-Factory 0.9.5",
     "jinja": "the tokenizer's own chat template; trains exactly the text apply_chat_template renders",
+    **{name: f"{family.description} (tooltune's {name} template)" for name, family in FAMILIES.items()
+       if family.shipped_template},
 }
 
 
-def get_template(name: str, tokenizer: Any, default_system: str | None = None) -> Template:
-    """The template called ``name`` bound to ``tokenizer``; ``default_system`` replaces the template's default."""
+def get_template(name: str, tokenizer: Any, default_system: str | None = None, thinking: str = "keep") -> Template:
+    """The template called ``name`` bound to ``tokenizer``; ``default_system`` replaces the template's default;
+    ``thinking`` (keep | empty | off) is what reasoning families train on (see ``JinjaTemplate``)."""
     if name == "qwen":
         return QwenTemplate(tokenizer, default_system=default_system)
     if name == "jinja":
-        return JinjaTemplate(tokenizer, default_system=default_system)
+        return JinjaTemplate(tokenizer, default_system=default_system, thinking=thinking)
+    family = FAMILIES.get(name)
+    if family is not None and family.shipped_template:
+        return JinjaTemplate(tokenizer, source=family.template_text(), default_system=default_system,
+                             thinking=thinking, family=family, name=name)
     import difflib
 
     close = difflib.get_close_matches(name, list(TEMPLATES), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    raise TemplateError(f"unknown template {name!r}{hint}; available: {', '.join(TEMPLATES)}")
+    raise TemplateError(
+        f"unknown template {name!r}{hint}; available: {', '.join(TEMPLATES)} (a model whose template tooltune does "
+        "not ship, such as llama3.2 or hermes3, trains with --template jinja, which uses the tokenizer's own)"
+    )
 
 
 __all__ = [

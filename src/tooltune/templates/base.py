@@ -57,6 +57,11 @@ class Template(ABC):
     def render_text(self, conv: Conversation) -> str:
         return "".join(turn.prompt + turn.response for turn in self.turns(conv))
 
+    def encode_samples(self, conversations: list[Conversation]) -> list[list[TokenTurns] | TemplateError]:
+        """The samples each conversation trains: one sequence, or (for chat templates that rewrite earlier turns)
+        one per assistant message; see ``JinjaTemplate``."""
+        return [t if isinstance(t, TemplateError) else [t] for t in self.encode_turns(conversations)]
+
     def encode_turns(self, conversations: list[Conversation]) -> list[TokenTurns | TemplateError]:
         """Token ids of every conversation's turns, tokenized in one batch (a failure is returned, not raised,
         so one bad conversation is reported without stopping the rest)."""
