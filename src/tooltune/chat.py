@@ -1,24 +1,22 @@
 """Talk to a model with tools: the seed's 模型测试 script as a function and a REPL.
 
-One turn is: render the conversation with the model's own chat template (tools passed verbatim, as
-``apply_chat_template(messages, tools=tools, add_generation_prompt=True)`` does), generate, and parse the response into
-tool calls with ``tooltune.toolcalls`` — the same parser serving and evaluation use. HF directories and GGUF files go
+One turn is ``tooltune.families.respond``: render the conversation with the model's own chat template (tools passed
+verbatim, as ``apply_chat_template(messages, tools=tools, add_generation_prompt=True)`` does), generate, and parse the
+response with the model family's parser (reasoning apart) — the same turn evaluation runs. HF directories and GGUF files go
 through ``tooltune.engines``, so the prompt is the same text whichever format the model is in.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tooltune.conversation import ConversationError, Message, Tool, ToolCall
 from tooltune.engines import Engine, SamplingParams, load_engine
 from tooltune.errors import TooltuneError
-from tooltune.toolcalls import parse_tool_calls
 
 
 class ChatInputError(TooltuneError, ValueError):
@@ -37,6 +35,7 @@ class ChatResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    thinking: str = ""  # reasoning the model wrote before its answer (families that think)
 
     def calls_json(self) -> list[dict[str, Any]]:
         return [{"name": call.name, "arguments": call.arguments} for call in self.calls]
@@ -47,6 +46,7 @@ class ChatResult:
             "raw": self.raw,
             "tool_calls": self.calls_json(),
             "content": self.content,
+            "thinking": self.thinking,
             "errors": self.errors,
             "unknown_tools": self.unknown_names,
             "finish_reason": self.finish_reason,
@@ -149,24 +149,9 @@ def _as_tools(tools: Iterable[Tool | dict[str, Any]] | None) -> list[Tool]:
 def render_prompt(engine: Engine, tools: Iterable[Tool | dict[str, Any]] | None,
                   messages: Iterable[Message | dict[str, Any]]) -> str:
     """The exact text the model sees: tools verbatim, as ``apply_chat_template(tools=...)`` receives them."""
-    tool_specs = [t.spec for t in _as_tools(tools)] or None
-    return engine.render([m.to_template() for m in _as_messages(messages)], tool_specs, add_generation_prompt=True)
+    from tooltune.families.respond import render_prompt as family_render
 
-
-def forced_call_params(engine: Engine, tools: list[Tool], tool_choice: str, params: SamplingParams) -> SamplingParams:
-    """``required`` (some tool) or a tool's name: constrain decoding with a grammar so the reply is a valid call.
-
-    Useful before fine-tuning, when a model rarely answers in the template's call layout on its own.
-    """
-    from tooltune.serve.grammar import tool_call_grammar, uses_tool_call_tags
-
-    if not tools:
-        raise ChatInputError(f"--tool-choice {tool_choice}: no tools given")
-    if not getattr(engine, "supports_grammar", False):
-        raise ChatInputError(f"--tool-choice {tool_choice}: constrained decoding needs a GGUF model (llama.cpp)")
-    only = None if tool_choice == "required" else tool_choice
-    grammar = tool_call_grammar(tools, only=only, parallel=False, tagged=uses_tool_call_tags(engine.chat_template))
-    return replace(params, grammar=grammar)
+    return family_render(engine, _as_messages(messages), _as_tools(tools))
 
 
 def chat_once(
@@ -179,37 +164,31 @@ def chat_once(
     tool_choice: str = "auto",
     on_text: Callable[[str], None] | None = None,
 ) -> ChatResult:
-    """One assistant turn: render, generate (streaming through ``on_text`` when given), parse the tool calls.
+    """One assistant turn through ``tooltune.families.respond`` (streaming through ``on_text`` when given).
 
-    ``tool_choice`` is ``auto`` (the model decides), ``required`` or a tool name (see ``forced_call_params``).
+    ``tool_choice`` is ``auto`` (the model decides), ``required`` or a tool name (constrained by a grammar, GGUF only).
     """
+    from tooltune.families.errors import FamilyError
+    from tooltune.families.respond import RespondOptions, respond
+
     engine = model if isinstance(model, Engine) else load_engine(model)
-    params = params or SamplingParams()
-    tool_list = _as_tools(tools)
-    if tool_choice != "auto":
-        params = forced_call_params(engine, tool_list, tool_choice, params)
-    prompt = render_prompt(engine, tool_list, messages)
-    started = time.perf_counter()
-    if on_text is None:
-        result = engine.generate(prompt, params)
-    else:
-        for chunk in engine.stream(prompt, params):
-            on_text(chunk.text)
-        result = engine.last_result
-        assert result is not None
-    seconds = time.perf_counter() - started
-    parsed = parse_tool_calls(result.text, tools=tool_list or None, lenient=lenient)
+    options = RespondOptions(params=params or SamplingParams(), lenient=lenient, on_text=on_text)
+    try:
+        reply = respond(engine, _as_messages(messages), _as_tools(tools), options, tool_choice=tool_choice)
+    except FamilyError as exc:
+        raise ChatInputError(str(exc).replace("tool_choice", "--tool-choice", 1)) from None
     return ChatResult(
-        prompt=prompt,
-        raw=result.text,
-        calls=parsed.calls,
-        content=parsed.content,
-        errors=parsed.errors,
-        unknown_names=parsed.unknown_names,
-        finish_reason=result.finish_reason,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        seconds=seconds,
+        prompt=reply.prompt,
+        raw=reply.raw,
+        calls=reply.calls,
+        content=reply.content,
+        errors=reply.errors,
+        unknown_names=reply.unknown_names,
+        finish_reason=reply.finish_reason or "stop",
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        seconds=reply.seconds,
+        thinking=reply.thinking,
     )
 
 

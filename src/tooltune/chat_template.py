@@ -87,19 +87,27 @@ def render(
         raise ChatTemplateError(f"chat template failed: {exc}") from exc
 
 
-def load_from_tokenizer_dir(path: str | Path) -> str | None:
-    """The chat template a tokenizer directory carries (``chat_template.jinja`` wins, as in transformers)."""
+def _config_template(cfg_file: Path) -> str | None:
+    if not cfg_file.is_file():
+        return None
+    template = json.loads(cfg_file.read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(template, list):  # named templates: take "default"
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) else None
+
+
+def load_from_tokenizer_dir(path: str | Path, prefer: str = "transformers") -> str | None:
+    """The chat template a tokenizer directory carries — the one folder reader every stage uses.
+
+    ``prefer="transformers"`` (default): ``chat_template.jinja`` wins, as transformers loads it.
+    ``prefer="gguf"``: ``tokenizer_config.json``'s wins, as llama.cpp's converter (gguf-py) reads it, so our GGUF
+    stays identical to llama.cpp's; a folder where the two differ is inconsistent either way.
+    """
     path = Path(path)
     jinja_file = path / "chat_template.jinja"
-    if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
-    for name in ("tokenizer_config.json", "chat_template.json"):
-        cfg_file = path / name
-        if cfg_file.is_file():
-            template = json.loads(cfg_file.read_text(encoding="utf-8")).get("chat_template")
-            if isinstance(template, list):  # named templates: take "default"
-                named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-                template = named.get("default") or next(iter(named.values()), None)
-            if isinstance(template, str):
-                return template
-    return None
+    jinja = jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else None
+    config = _config_template(path / "tokenizer_config.json")
+    processor = _config_template(path / "chat_template.json")
+    order = (config, jinja, processor) if prefer == "gguf" else (jinja, config, processor)
+    return next((template for template in order if template is not None), None)

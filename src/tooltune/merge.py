@@ -42,7 +42,6 @@ RELATIVE_TOLERANCE: dict[torch.dtype, float] = {torch.float32: 1e-4, torch.float
 ABSOLUTE_TOLERANCE = 1e-4
 VERIFY_MAX_TOKENS = 384  # enough to reach the assistant turns after a Qwen tools block
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-SENTINEL = "TOOLTUNE_END_OF_TURN_PROBE"
 
 
 class MergeError(TooltuneError, ValueError):
@@ -236,23 +235,13 @@ def choose_chat_template(
 
 
 def end_of_turn_token(chat_template: str, tokenizer: Any) -> str | None:
-    """The special token the template writes right after an assistant message (``<|im_end|>`` for Qwen/ChatML).
+    """The special token the template writes right after an assistant message (``<|im_end|>`` for Qwen/ChatML);
+    the families layer's one detector (``tooltune.families.stops``)."""
+    from tooltune.families.stops import end_of_turn_token as detect_end_of_turn
 
-    Found by rendering a probe reply rather than from a table, so any template the tokenizer knows works.
-    """
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": SENTINEL}]
-    try:
-        text = render(
-            chat_template, messages, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or ""
-        )
-    except ChatTemplateError:
-        return tokenizer.eos_token
-    tail = text.split(SENTINEL, 1)[1] if SENTINEL in text else ""
     specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
-    found = [(tail.find(tok), tok) for tok in specials if tok and tok in tail]
-    if not found:
-        return tokenizer.eos_token
-    return min(found)[1]
+    return detect_end_of_turn(chat_template, specials, bos_token=tokenizer.bos_token or "",
+                              eos_token=tokenizer.eos_token or "")
 
 
 def eos_ids_for(end_of_turn: str | None, tokenizer: Any, existing: Any) -> list[int]:

@@ -26,11 +26,11 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(0.1, "--temperature"),
         top_p: float = typer.Option(0.9, "--top-p", "--top_p"),
     ) -> None:
-        from tooltune.commands.serve import resolve_chat_template
+        from tooltune.families.registry import resolve_text
         from tooltune.serve.modelfile import write_modelfile
 
         go_template = template.read_text(encoding="utf-8") if template else None
-        written = write_modelfile(model, out, name=name, chat_template=resolve_chat_template(chat_template),
+        written = write_modelfile(model, out, name=name, chat_template=resolve_text(chat_template),
                                   system=system, params={"temperature": temperature, "top_p": top_p},
                                   go_template=go_template, include_template=not no_template)
         size = written.stat().st_size

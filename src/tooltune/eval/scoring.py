@@ -96,7 +96,11 @@ def score_case(case: Case, generation: Generation, lenient: bool = False) -> Cas
     tool_names = case.tool_names
     errors = list(generation.errors)
     if generation.api_calls is None:
-        parsed = parse_tool_calls(generation.text, tools=tool_names, lenient=lenient)
+        # Raw model text: read with the model family's parser (Hermes tags when the family is unknown).
+        from tooltune.families.family import FAMILIES
+        from tooltune.families.parsers import parse_reply
+
+        parsed = parse_reply(generation.text, FAMILIES.get(generation.family or ""), tools=tool_names, lenient=lenient)
         calls, content = parsed.calls, parsed.content
         errors += parsed.errors
     else:

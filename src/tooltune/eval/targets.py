@@ -29,7 +29,6 @@ from tooltune.conversation import ConversationError, ToolCall
 from tooltune.errors import TooltuneError
 from tooltune.eval.cases import Case
 
-BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "resources" / "templates"
 OLLAMA_DEFAULT_PORT = 11434
 _PROBE_TOOL = "tooltune_probe_tool"
 
@@ -56,6 +55,7 @@ class Generation:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     errors: list[str] = field(default_factory=list)  # request failures or unparsable server calls
+    family: str | None = None  # model family whose parser reads ``text`` (local targets); None: Hermes tags
 
 
 class Target:
@@ -70,17 +70,15 @@ class Target:
 
 
 def resolve_chat_template(value: str | None) -> str | None:
-    """Template text from a file path or a bundled template name (``qwen`` → resources/templates/qwen.jinja)."""
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
-    bundled = BUNDLED_TEMPLATES / f"{value}.jinja"
-    if bundled.is_file():
-        return bundled.read_text(encoding="utf-8")
-    names = ", ".join(sorted(p.stem for p in BUNDLED_TEMPLATES.glob("*.jinja")))
-    raise TargetError(f"--chat-template {value}: no such file, and not a bundled template ({names})")
+    """Template text for ``--chat-template``: a name, a Jinja file or a model folder (``tooltune.families.registry``,
+    the one lookup every command uses)."""
+    from tooltune.families.errors import FamilyError
+    from tooltune.families.registry import resolve_text
+
+    try:
+        return resolve_text(value)
+    except FamilyError as exc:
+        raise TargetError(f"--chat-template {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -112,21 +110,22 @@ class EngineTarget(Target):
 
     def generate(self, case: Case, config: DecodeConfig) -> Generation:
         from tooltune.engines import EngineError, SamplingParams
+        from tooltune.families.respond import RespondOptions, respond
 
         started = time.perf_counter()
+        params = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed)
         try:
-            prompt = self.engine.render(case.messages, case.tools or None, add_generation_prompt=True)
-            result = self.engine.generate(
-                prompt, SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed)
-            )
+            # The same turn as `tooltune chat`; scoring re-reads the raw text (strict and lenient from one decode).
+            reply = respond(self.engine, case.messages, case.tools or None, RespondOptions(params=params))
         except (EngineError, TooltuneError) as exc:  # e.g. a prompt longer than the context: this case fails
             return Generation(text="", latency_s=time.perf_counter() - started, errors=[str(exc)])
         return Generation(
-            text=result.text,
+            text=reply.raw,
             latency_s=time.perf_counter() - started,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            finish_reason=result.finish_reason,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            finish_reason=reply.finish_reason,
+            family=reply.family,
         )
 
     def close(self) -> None:

@@ -111,7 +111,8 @@ FAMILIES: dict[str, Family] = {
             shipped_template="phi4-mini.jinja",
             template_fix="accepts tools= and writes assistant calls and tool results (upstream ignores tools= "
             "and renders neither)",
-            vllm_tool_parser="phi4_mini_json",
+            # vLLM's phi4_mini_json reads `functools[...]`, not this layout; granite's reads `<|tool_call|>[...]`.
+            vllm_tool_parser="granite",
             vocab_markers=("<|assistant|>", "<|end|>", "<|tool_call|>"),
             gguf_architectures=("phi3",),
         ),

@@ -101,7 +101,7 @@ def resolve(value: str | Path, use_fixes: bool = True) -> ResolvedTemplate:
     if path.is_file():
         source = path.read_text(encoding="utf-8")
         return ResolvedTemplate(source, detect.from_template(source), f"file:{path}")
-    raise FamilyError(f"{text!r}: no such template name, file or model folder; {usage_hint()}")
+    raise FamilyError(f"{text!r}: not a bundled template name, a file or a model folder; {usage_hint()}")
 
 
 def resolve_text(value: str | None) -> str | None:

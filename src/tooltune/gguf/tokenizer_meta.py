@@ -16,6 +16,7 @@ from typing import Any
 
 import gguf
 
+from tooltune.chat_template import load_from_tokenizer_dir
 from tooltune.errors import TooltuneError
 
 # The text llama.cpp encodes to fingerprint a BPE pre-tokenizer: whitespace runs, emoji joiners, digit groups,
@@ -205,16 +206,9 @@ def _add_special_from_post_processor(post_processor: dict[str, Any] | None, conf
 
 
 def _chat_template(model_dir: Path, config: dict[str, Any]) -> str | None:
-    if isinstance(config.get("chat_template"), str):
+    if isinstance(config.get("chat_template"), str):  # a config given in memory
         return config["chat_template"]
-    jinja = model_dir / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    json_file = model_dir / "chat_template.json"
-    if json_file.is_file():
-        template = _read_json(json_file).get("chat_template")
-        return template if isinstance(template, str) else None
-    return None
+    return load_from_tokenizer_dir(model_dir, prefer="gguf")
 
 
 def read_tokenizer_meta(

@@ -19,10 +19,10 @@ HEADLINE = ("format_valid", "right_name", "args_match")
 
 def eval_chat_template(config: PipelineConfig) -> str | None:
     """The training template's bundled Jinja (a name the eval targets resolve), or None for the model's own."""
-    from tooltune.eval.targets import BUNDLED_TEMPLATES
+    from tooltune.families.registry import named_templates
 
     name = config.data.template
-    return name if (BUNDLED_TEMPLATES / f"{name}.jinja").is_file() else None
+    return name if name in named_templates() else None
 
 
 def eval_cases(config: PipelineConfig) -> list[Any]:

@@ -165,7 +165,13 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
 
 
 def tool_call_parser_for(chat_template: str | None, model_type: str | None) -> str | None:
-    """The vLLM ``--tool-call-parser`` for how this template writes calls (the model type only as a fallback)."""
+    """The vLLM ``--tool-call-parser`` for how this template writes calls: the family's (``tooltune.families``) when
+    the template is one tooltune knows, else by call marker, the model type only as a fallback."""
+    from tooltune.families import detect
+
+    family = detect.from_template(chat_template)
+    if family is not None and family.vllm_tool_parser:
+        return family.vllm_tool_parser
     if chat_template:
         for marker, parser in TEMPLATE_MARKERS:
             if marker in chat_template:
@@ -173,6 +179,14 @@ def tool_call_parser_for(chat_template: str | None, model_type: str | None) -> s
     if model_type:
         return MODEL_TYPE_PARSERS.get(model_type)
     return None
+
+
+def reasoning_parser_for(chat_template: str | None) -> str | None:
+    """vLLM's ``--reasoning-parser`` for a family that writes ``<think>`` blocks (Qwen3, SmolLM3), else None."""
+    from tooltune.families import detect
+
+    family = detect.from_template(chat_template)
+    return family.vllm_reasoning_parser if family is not None else None
 
 
 def lora_rank_for_vllm(rank: int) -> int:
@@ -286,6 +300,10 @@ def build_vllm_command(
     else:
         argv += ["--served-model-name", name]
     argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+    reasoning = reasoning_parser_for(finetune_template)
+    if reasoning:
+        # Reasoning families: vLLM returns <think> text as reasoning_content, not as content or calls.
+        argv += ["--reasoning-parser", reasoning]
     if finetune_template != default_template:
         template_path, created = _template_file_for(finetune_template, template_existing, beside, stem)
         if created:

@@ -1,0 +1,134 @@
+"""One assistant turn for every caller: render → generate (streaming) → parse, per family.
+
+``respond(engine, conversation, tools, options, tool_choice) -> Reply(prompt, raw, content, thinking, calls)`` is
+what ``tooltune chat`` and evaluation call (and the serve APIs, once switched): the prompt is the family's chat
+template render, the reply is parsed with the family's call syntax, and reasoning comes back separately.
+
+``tool_choice``: ``auto`` (the model decides), ``required`` (some tool) or a tool's name. Forced calls use a grammar
+(llama.cpp engines only); for families whose calls open with a marker the grammar cannot start with (Mistral's
+``[TOOL_CALLS]``, Phi-4-mini's ``<|tool_call|>``) the marker is written into the prompt and then into ``raw``, as the
+model would have written it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tooltune import chat_template
+from tooltune.conversation import Message, Tool, ToolCall
+from tooltune.families import detect
+from tooltune.families.errors import FamilyError
+from tooltune.families.family import Family
+from tooltune.families.parsers import Event, reply_parser
+
+_FORCED_PREFIX = {"mistral": "[TOOL_CALLS]", "phi4": "<|tool_call|>"}
+
+
+@dataclass
+class RespondOptions:
+    params: Any = None  # tooltune.engines.SamplingParams; None: the engine's defaults
+    lenient: bool = False  # accept bare JSON / ```json replies that name a known tool (Hermes families)
+    enable_thinking: bool | None = None  # passed to templates that have the switch (Qwen3, SmolLM3); None: default
+    on_event: Callable[[Event], None] | None = None  # streaming: reasoning, content and calls as they complete
+    on_text: Callable[[str], None] | None = None  # streaming: raw text chunks
+
+
+@dataclass
+class Reply:
+    prompt: str
+    raw: str
+    content: str
+    thinking: str
+    calls: list[ToolCall]
+    errors: list[str] = field(default_factory=list)
+    unknown_names: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    family: str | None = None
+
+
+def engine_family(engine: Any) -> Family | None:
+    return detect.from_template(getattr(engine, "chat_template", "") or "")
+
+
+def render_prompt(engine: Any, conversation: Iterable[Message | dict[str, Any]],
+                  tools: Iterable[Tool | dict[str, Any]] | None, enable_thinking: bool | None = None) -> str:
+    """The exact text the model sees: tools verbatim, as ``apply_chat_template(tools=...)`` receives them."""
+    messages = [m.to_template() if isinstance(m, Message) else m for m in conversation]
+    specs = [t.spec if isinstance(t, Tool) else t for t in (tools or [])] or None
+    extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    if not getattr(engine, "chat_template", ""):
+        raise FamilyError(f"{getattr(engine, 'name', 'model')}: no chat template; pass one with --chat-template")
+    return chat_template.render(engine.chat_template, messages, tools=specs, add_generation_prompt=True,
+                                bos_token=engine.bos_token, eos_token=engine.eos_token, **extra)
+
+
+def _forced(engine: Any, family: Family | None, tools: list[Tool], tool_choice: str, params: Any) -> tuple[Any, str]:
+    """Sampling params with the call grammar, and the prefix written into the prompt for marker families."""
+    from tooltune.serve.grammar import tool_call_grammar
+
+    if not tools:
+        raise FamilyError(f"tool_choice {tool_choice}: no tools given")
+    if not getattr(engine, "supports_grammar", False):
+        raise FamilyError(f"tool_choice {tool_choice}: constrained decoding needs a GGUF model (llama.cpp)")
+    if tool_choice != "required" and tool_choice not in {t.name for t in tools}:
+        raise FamilyError(f"tool_choice {tool_choice!r}: no such tool ({', '.join(t.name for t in tools)})")
+    syntax = family.call_syntax if family is not None else "hermes"
+    only = None if tool_choice == "required" else tool_choice
+    grammar = tool_call_grammar(tools, only=only, parallel=False, tagged=syntax == "hermes")
+    return replace(params, grammar=grammar), _FORCED_PREFIX.get(syntax, "")
+
+
+def respond(engine: Any, conversation: Iterable[Message | dict[str, Any]],
+            tools: Iterable[Tool | dict[str, Any]] | None = None, options: RespondOptions | None = None,
+            tool_choice: str = "auto") -> Reply:
+    from tooltune.engines import SamplingParams
+
+    options = options or RespondOptions()
+    tool_list = [t if isinstance(t, Tool) else Tool(t) for t in (tools or [])]
+    family = engine_family(engine)
+    params = options.params or SamplingParams()
+    prompt = render_prompt(engine, conversation, tool_list, options.enable_thinking)
+    prefix = ""
+    if tool_choice not in ("auto", "none"):
+        params, prefix = _forced(engine, family, tool_list, tool_choice, params)
+    # The prompt may already open the reasoning block (templates that end the generation prompt with <think>).
+    thinking_open = bool(family and family.thinks and prompt.rstrip().endswith("<think>"))
+    parser = reply_parser(family, tools=tool_list or None, lenient=options.lenient, thinking_open=thinking_open)
+
+    def push(text: str) -> None:
+        if options.on_text is not None:
+            options.on_text(text)
+        for event in parser.feed(text):
+            if options.on_event is not None:
+                options.on_event(event)
+
+    started = time.perf_counter()
+    if prefix:
+        push(prefix)
+    for chunk in engine.stream(prompt + prefix, params):
+        push(chunk.text)
+    for event in parser.finish():
+        if options.on_event is not None:
+            options.on_event(event)
+    result = engine.last_result
+    parsed = parser.result()
+    return Reply(
+        prompt=prompt + prefix,
+        raw=prefix + (result.text if result is not None else ""),
+        content=parsed.content,
+        thinking=parsed.thinking,
+        calls=parsed.calls,
+        errors=parsed.errors,
+        unknown_names=parsed.unknown_names,
+        finish_reason=result.finish_reason if result is not None else None,
+        prompt_tokens=result.prompt_tokens if result is not None else 0,
+        completion_tokens=result.completion_tokens if result is not None else 0,
+        seconds=time.perf_counter() - started,
+        family=family.name if family is not None else None,
+    )
