@@ -92,8 +92,10 @@ def test_jinja_on_smollm2_uses_its_own_template(smol_tok, demo_conversations) ->
     assert template.render_text(conv) == smol_tok.apply_chat_template(conv.template_messages(), tokenize=False)
 
 
-def test_jinja_reports_a_template_that_rewrites_history(qwen_tok) -> None:
-    # Renders only the last assistant message in full: earlier spans change with what follows.
+def test_jinja_trains_each_turn_of_a_template_that_rewrites_history(qwen_tok) -> None:
+    # Renders only the last assistant message in full: earlier spans change with what follows. Issue 13 changed the
+    # behaviour: such a conversation is no longer reported away but trained one assistant message per sample, each
+    # in the context the model sees when it writes that message.
     source = (
         "{% for m in messages %}{% if m.role == 'assistant' and not loop.last %}<a>{% else %}"
         "<{{ m.role }}>{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
@@ -107,8 +109,14 @@ def test_jinja_reports_a_template_that_rewrites_history(qwen_tok) -> None:
         index=3,
     )
     report = encode_dataset([conv], template)
-    assert report.samples == [] and "x.json record 3" in str(report.skipped[0])
-    assert "renders message 1 differently" in report.skipped[0].reason
+    assert report.skipped == [] and len(report.samples) == 2
+    first, second = report.samples
+    decode = qwen_tok.decode
+    assert decode(first.input_ids) == "<user>a<assistant>b"
+    assert decode(second.input_ids) == "<user>a<a><user>c<assistant>d"
+    for sample, reply in ((first, "b"), (second, "d")):
+        trained = [i for i, label in zip(sample.input_ids, sample.labels, strict=True) if label != IGNORE_INDEX]
+        assert decode(trained).endswith(reply) and sample.record == 3
 
 
 BARE = {

@@ -85,6 +85,9 @@ def render(
         )
     except TemplateError as exc:
         raise ChatTemplateError(f"chat template failed: {exc}") from exc
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        # A template that does not handle this input (e.g. iterates a missing list) fails the same way.
+        raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _config_template(cfg_file: Path) -> str | None:

@@ -82,6 +82,7 @@ class MarkerCallParser:
         self._buffer = ""
         self._state = "start" if open_marker is None else "text"  # text | start | json | after | done
         self._scanner: _JsonScanner | None = None
+        self._lead = ""
 
     def feed(self, delta: str) -> list[Event]:
         self._buffer += delta
@@ -148,9 +149,11 @@ class MarkerCallParser:
                 self._state = "done"
             return
         if self._scanner is None:
+            self._lead = ""
             if body[0] not in "{[":
                 self._fail(events, "call is not a JSON object or list")
                 return
+            self._lead = self._buffer[: len(self._buffer) - len(body)]  # kept for the content of a failed call
             self._buffer = body
             self._scanner = _JsonScanner(0)
         end = self._scanner.scan(self._buffer)
@@ -196,7 +199,7 @@ class MarkerCallParser:
     def _fail(self, events: list[Event], reason: str) -> None:
         self.errors.append(reason)
         marker = self.open_marker or ""
-        self._text(events, marker + self._buffer if self._content or marker else self._buffer)
+        self._text(events, marker + self._lead + self._buffer if self._content or marker else self._buffer)
         self._buffer = ""
         self._scanner = None
         self._state = "done"

@@ -28,9 +28,14 @@ def end_of_turn_token(template: str, special_tokens: Iterable[str], bos_token: s
                       eos_token: str = "") -> str | None:
     """The special token the template writes right after an assistant reply (``<|im_end|>`` for ChatML), or
     ``eos_token`` when none follows it."""
+    specials = set(special_tokens)
     tail = _probe_tail(template, bos_token, eos_token)
-    found = [(tail.find(tok), tok) for tok in set(special_tokens) if tok and tok in tail]
-    return min(found)[1] if found else (eos_token or None)
+    found = [(tail.find(tok), tok) for tok in specials if tok and tok in tail]
+    if found:
+        return min(found)[1]
+    family = detect.from_template(template)  # a template the probe cannot render (Hermes' needs tools)
+    known = [m for m in (family.end_of_turn if family else ()) if m in specials]
+    return known[0] if known else (eos_token or None)
 
 
 def stop_strings(template: str, eos_token: str = "", bos_token: str = "") -> list[str]:

@@ -117,11 +117,16 @@ class JinjaTemplate(Template):
         extra: dict[str, Any] = {}
         if self.thinking == "off" and self.family is not None and self.family.thinks:
             extra["enable_thinking"] = False
+        tools = conv.template_tools()
+        if tools and self.name != "jinja":
+            # Family templates read tools the way serving clients send them (OpenAI's {"type", "function"} shape);
+            # `jinja` keeps the data's dicts as given, exactly as apply_chat_template would.
+            tools = [tool.to_openai() for tool in conv.tools]
         try:
             return chat_template.render(
                 self.source,
                 self._messages(conv, count),
-                tools=conv.template_tools(),
+                tools=tools,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
@@ -138,13 +143,14 @@ class JinjaTemplate(Template):
                 f"{conv.where()}: the chat template does not show the tools ({', '.join(missing)}) in the prompt; "
                 f"use a tool-capable template ({self._fix_hint()})"
             )
-        for position, message in enumerate(conv.messages):
-            for call in message.tool_calls:
-                if call.name not in text:
-                    raise TemplateError(
-                        f"{conv.where()}: the chat template drops the tool call {call.name!r} of message {position}; "
-                        f"training on it would teach replies without their calls ({self._fix_hint()})"
-                    )
+
+    def _check_reply_shows_calls(self, conv: Conversation, position: int, reply: str) -> None:
+        for call in conv.messages[position].tool_calls:
+            if call.name not in reply:
+                raise TemplateError(
+                    f"{conv.where()}: the chat template drops the tool call {call.name!r} of message {position}; "
+                    f"training on it would teach replies without their calls ({self._fix_hint()})"
+                )
 
     def _fix_hint(self) -> str:
         if self.family is not None and self.family.shipped_template:
@@ -169,6 +175,7 @@ class JinjaTemplate(Template):
                     f"{conv.where()}: the chat template's generation prompt is not how it renders assistant message "
                     f"{position}, so the reply the model must learn cannot be located"
                 )
+            self._check_reply_shows_calls(conv, position, upto[len(before):])
             per_message.append((upto, [(len(before), len(upto))]))
             if spans is None:
                 continue
@@ -228,12 +235,14 @@ class JinjaTemplate(Template):
             for _text, spans in item:
                 ids = list(batch["input_ids"][row])
                 starts = [offset[0] for offset in batch["offset_mapping"][row]]
+                ends = [offset[1] for offset in batch["offset_mapping"][row]]
                 row += 1
                 turns: TokenTurns = []
                 cursor = 0
                 for start, end in spans:
-                    # A token belongs to the span its first character falls in.
-                    first = bisect.bisect_left(starts, start)
+                    # A token is trained when any of its characters is in the span: one that straddles the prompt
+                    # and the reply (no special token between them) is part of what the model must write.
+                    first = max(cursor, bisect.bisect_right(ends, start))
                     last = bisect.bisect_left(starts, end)
                     turns.append((ids[cursor:first], ids[first:last]))
                     cursor = last
