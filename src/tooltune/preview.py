@@ -106,6 +106,21 @@ def summary_table(prepared: PreparedDataset) -> Table:
     return table
 
 
+def template_warnings(template: Any) -> list[str]:
+    """What the chat template being trained loses from a tool conversation (tools ignored, calls or the system prompt
+    dropped), with the corrected template to use instead; empty for the ``qwen`` layout and sound templates."""
+    from tooltune.families.problems import template_problems
+
+    source = getattr(template, "source", None)
+    if not isinstance(source, str):
+        return []
+    found = template_problems(source, getattr(template, "bos_token", ""), getattr(template, "eos_token", ""))
+    family = getattr(template, "family", None)
+    hint = (f"; --template {family.name} is tooltune's corrected template" if family is not None
+            and family.shipped_template and family.template_text() != source else "")
+    return [f"template {template.name}: the chat template {problem}{hint}" for problem in found]
+
+
 def run_preview(
     data_args: DataArguments,
     model_args: ModelPathArguments,
@@ -129,6 +144,8 @@ def run_preview(
                 text.append("✂ cutoff", style="bold red")
             console.print(text)
         console.print(summary_table(prepared))
+        for warning in template_warnings(prepared.template):
+            console.print(Text(f"warning: {warning}", style="bold yellow"))
         for rejection in prepared.load.rejected[:20]:
             console.print(Text(f"rejected {rejection}", style="yellow"))
         for skipped in prepared.train.skipped[:20]:

@@ -28,7 +28,18 @@ class DataArguments:
     )
     template: str = field(
         default="qwen",
-        metadata={"help": "Prompt template: qwen (LLaMA-Factory's layout) or jinja (the tokenizer's chat template)."},
+        metadata={"help": "Prompt template: qwen (LLaMA-Factory's layout), jinja (the tokenizer's chat template) or a "
+                          "family's (qwen3, qwen3-instruct-2507, mistral, phi4-mini, smollm3, gemma3; docs/families.md)."},
+    )
+    thinking: Literal["keep", "empty", "off"] = field(
+        default="keep",
+        metadata={"help": "Reasoning families (Qwen3, SmolLM3): keep trains <think> as the data has it; empty trains "
+                          "an empty think block; off renders with thinking disabled (the empty block is prompt)."},
+    )
+    tool_view: Literal["as_given", "ollama"] = field(
+        default="as_given",
+        metadata={"help": "as_given: tools as the data has them (HF, vLLM, tooltune serve); ollama: sorted keys and "
+                          "only Ollama's schema fields, so Ollama's prompt equals the training text byte for byte."},
     )
     cutoff_len: int = field(default=2048, metadata={"help": "Maximum tokens per sample."})
     cutoff_policy: Literal["safe", "lf"] = field(

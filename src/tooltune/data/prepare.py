@@ -28,7 +28,8 @@ def prepare_dataset(
 ) -> PreparedDataset:
     """Raises ``DataError`` (unreadable data, or rejections under ``strict``) or ``TemplateError``."""
     load = load_conversations(args)
-    template = get_template(args.template, tokenizer, default_system=args.default_system)
+    template = get_template(args.template, tokenizer, default_system=args.default_system,
+                            thinking=args.thinking, tool_view=args.tool_view)
     train_convs, val_convs = split_train_val(load.conversations, args.val_size, args.seed)
 
     def encode(conversations: list[Any], packing: bool) -> EncodeReport:

@@ -126,7 +126,7 @@ FAMILIES: dict[str, Family] = {
             template_fix="writes the assistant's tool calls as <tool_call> blocks (upstream renders only content, "
             "so calls vanish from the training text)",
             vllm_tool_parser="hermes",
-            vllm_reasoning_parser="deepseek_r1",
+            vllm_reasoning_parser="qwen3",  # <think> optional: /no_think replies are content
             vocab_markers=("<|im_start|>", "<|start_header_id|>", "<think>"),
             gguf_architectures=("smollm3",),
         ),

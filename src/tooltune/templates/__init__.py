@@ -24,6 +24,7 @@ from tooltune.families.family import FAMILIES
 from tooltune.templates.base import Template, TemplateError, TokenTurns, Turn
 from tooltune.templates.jinja import JinjaTemplate
 from tooltune.templates.qwen import QWEN_DEFAULT_SYSTEM, QwenTemplate
+from tooltune.templates.tool_view import TOOL_VIEWS, OllamaToolView
 
 TEMPLATES: dict[str, str] = {
     "qwen": "LLaMA-Factory's qwen layout (Hermes tool block, <tool_call> JSON), bit-identical to LLaMA-Factory 0.9.5",
@@ -33,9 +34,15 @@ TEMPLATES: dict[str, str] = {
 }
 
 
-def get_template(name: str, tokenizer: Any, default_system: str | None = None, thinking: str = "keep") -> Template:
+def get_template(name: str, tokenizer: Any, default_system: str | None = None, thinking: str = "keep",
+                 tool_view: str = "as_given") -> Template:
     """The template called ``name`` bound to ``tokenizer``; ``default_system`` replaces the template's default;
-    ``thinking`` (keep | empty | off) is what reasoning families train on (see ``JinjaTemplate``)."""
+    ``thinking`` (keep | empty | off) is what reasoning families train on (see ``JinjaTemplate``); ``tool_view``
+    (as_given | ollama) how tools are shown (see ``templates.tool_view``)."""
+    if tool_view not in TOOL_VIEWS:
+        raise TemplateError(f"unknown --tool_view {tool_view!r} (expected one of {', '.join(TOOL_VIEWS)})")
+    if tool_view == "ollama":
+        return OllamaToolView(get_template(name, tokenizer, default_system, thinking))
     if name == "qwen":
         return QwenTemplate(tokenizer, default_system=default_system)
     if name == "jinja":

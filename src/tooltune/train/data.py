@@ -39,7 +39,9 @@ def prepare_data(data_args: Any, tokenizer: Any) -> PreparedData:
     report = load_conversations(data_args)
     if not report.conversations:
         raise TrainDataError(f"--dataset {data_args.dataset}: no usable records ({len(report.rejected)} rejected)")
-    template = get_template(data_args.template, tokenizer, default_system=data_args.default_system)
+    template = get_template(data_args.template, tokenizer, default_system=data_args.default_system,
+                            thinking=getattr(data_args, "thinking", "keep"),
+                            tool_view=getattr(data_args, "tool_view", "as_given"))
     train_convs, eval_convs = split_train_val(report.conversations, data_args.val_size, data_args.seed)
     options = {
         "cutoff_len": data_args.cutoff_len,
