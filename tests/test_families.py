@@ -89,7 +89,8 @@ def test_detection_from_template_vocabulary_and_gguf_metadata() -> None:
 
 
 def test_registry_resolves_names_files_and_folders(tmp_path: Path) -> None:
-    assert registry.named("qwen").source == get_template("qwen", None).jinja_chat_template  # --template = --chat-template
+    # --chat-template qwen and --template qwen are the same text
+    assert registry.named("qwen").source == get_template("qwen", None).jinja_chat_template
     assert registry.resolve("mistral").family.name == "mistral"
     with pytest.raises(FamilyError, match=r"unknown template 'qwen4'.*qwen3.*Jinja file"):
         registry.named("qwen4")
@@ -161,8 +162,8 @@ def test_training_render_is_apply_chat_template_and_trains_only_replies(family_t
             assert text == expected, conv.where()
             sample = next(samples)
             assert sample.input_ids == tokenizer(text, add_special_tokens=False)["input_ids"], conv.where()
-            trained = tokenizer.decode([i for i, l in zip(sample.input_ids, sample.labels, strict=True)
-                                        if l != IGNORE_INDEX])
+            trained = tokenizer.decode([i for i, label in zip(sample.input_ids, sample.labels, strict=True)
+                                        if label != IGNORE_INDEX])
             # (SentencePiece decoding drops the space that starts a piece, hence the strip)
             assert trained.strip() == "".join(text[s:e] for s, e in spans).strip()
             for message in conv.messages[:end]:

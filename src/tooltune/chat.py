@@ -1,9 +1,9 @@
 """Talk to a model with tools: the seed's 模型测试 script as a function and a REPL.
 
-One turn is ``tooltune.families.respond``: render the conversation with the model's own chat template (tools passed
-verbatim, as ``apply_chat_template(messages, tools=tools, add_generation_prompt=True)`` does), generate, and parse the
-response with the model family's parser (reasoning apart) — the same turn evaluation runs. HF directories and GGUF files go
-through ``tooltune.engines``, so the prompt is the same text whichever format the model is in.
+One turn is ``tooltune.families.respond``: render the conversation with the model's own chat template (tools
+passed verbatim, as ``apply_chat_template(messages, tools=tools, add_generation_prompt=True)`` does), generate, and
+parse the response with the model family's parser (reasoning apart) — the same turn evaluation runs. HF directories
+and GGUF files go through ``tooltune.engines``, so the prompt is the same text whichever format the model is in.
 """
 
 from __future__ import annotations

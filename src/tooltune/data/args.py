@@ -28,8 +28,9 @@ class DataArguments:
     )
     template: str = field(
         default="qwen",
-        metadata={"help": "Prompt template: qwen (LLaMA-Factory's layout), jinja (the tokenizer's chat template) or a "
-                          "family's (qwen3, qwen3-instruct-2507, mistral, phi4-mini, smollm3, gemma3; docs/families.md)."},
+        metadata={"help": "Prompt template: qwen (LLaMA-Factory's layout), jinja (the tokenizer's chat template) "
+                          "or a family's (qwen3, qwen3-instruct-2507, mistral, phi4-mini, smollm3, gemma3; "
+                          "docs/families.md)."},
     )
     thinking: Literal["keep", "empty", "off"] = field(
         default="keep",

@@ -82,7 +82,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="llama3.2",
-            description="Llama 3.2 Instruct: a call is the whole reply, JSON with `parameters`; results in ipython turns",
+            description="Llama 3.2 Instruct: the reply is the call, JSON with `parameters`; results in ipython turns",
             call_syntax="llama3",
             end_of_turn=("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"),
             vllm_tool_parser="llama3_json",

@@ -4,7 +4,8 @@
 ``result() -> ParsedReply``. Events are ``ThinkingDelta`` (reasoning text), ``ContentDelta`` (text to show) and
 ``ToolCallDone`` (a complete call). Syntaxes:
 
-- ``hermes`` (Qwen2.5, Qwen3, SmolLM3, Hermes 3, tooltune's Gemma 3): ``<tool_call>{json}</tool_call>`` blocks, parsed by
+- ``hermes`` (Qwen2.5, Qwen3, SmolLM3, Hermes 3, tooltune's Gemma 3): ``<tool_call>{json}</tool_call>`` blocks,
+  parsed by
   ``tooltune.toolcalls.StreamingToolCallParser`` (which also does the lenient bare-JSON / ```json fallback);
 - ``llama3`` (Llama 3.2): the reply *is* the call, ``{"name": ..., "parameters": {...}}`` (optionally after
   ``<|python_tag|>``, or a JSON list of such objects); a reply that starts with ``{`` but is not call-shaped is content;

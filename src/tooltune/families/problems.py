@@ -15,7 +15,8 @@ PROBE_RESULT = "probe result 9043"
 _CALL_ID = "probe0001"  # 9 alphanumerics: Mistral's templates insist
 
 _TOOLS = [{"type": "function", "function": {
-    "name": PROBE_TOOL, "description": "probe", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    "name": PROBE_TOOL, "description": "probe",
+    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
 }}]
 _CONVERSATION = [
     {"role": "system", "content": PROBE_SYSTEM},
