@@ -113,6 +113,20 @@ def test_registry_resolves_names_files_and_folders(tmp_path: Path) -> None:
         registry.resolve(tmp_path)
 
 
+def test_chat_template_qwen_now_names_the_training_layout_and_renders_every_demo_case_as_before() -> None:
+    """`--chat-template qwen` used to be Qwen2.5's own template; it is now the `qwen` training layout (one name, one
+    text). On every demo eval case the prompts are identical, so the demo's evaluation figures do not move."""
+    from tooltune.eval import load_cases
+
+    cases = load_cases(DataArguments(dataset="glaive_toolcall_en_demo,glaive_toolcall_zh_demo"))
+    layout, upstream = registry.named("qwen").source, registry.named("qwen2.5").source
+    assert layout != upstream and len(cases) > 1000
+    for case in cases:
+        kwargs = {"tools": case.tools or None, "add_generation_prompt": True}
+        assert chat_template.render(layout, case.messages, **kwargs) == chat_template.render(
+            upstream, case.messages, **kwargs)
+
+
 def test_end_of_turn_and_stop_strings_per_family() -> None:
     expected = {"qwen3": "<|im_end|>", "llama3.2": "<|eot_id|>", "mistral": "</s>", "phi4-mini": "<|end|>",
                 "smollm3": "<|im_end|>", "gemma3": "<end_of_turn>", "hermes3": "<|im_end|>"}

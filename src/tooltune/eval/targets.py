@@ -99,7 +99,12 @@ class EngineTarget(Target):
     def _check_template_shows_tools(self) -> None:
         """A template that drops tools (SmolLM2's own) would score the model on a prompt without them."""
         if not self.engine.chat_template:
-            raise TargetError(f"{self.label}: the model has no chat template; pass --chat-template FILE (e.g. qwen)")
+            from tooltune.families.detect import from_gguf_metadata
+
+            family = from_gguf_metadata(getattr(self.engine, "metadata", None) or {})
+            hint = (f"its architecture says {family.name}: pass --chat-template {family.name}"
+                    if family is not None and family.shipped_template else "pass --chat-template FILE (e.g. qwen)")
+            raise TargetError(f"{self.label}: the model has no chat template; {hint}")
         probe = [{"type": "function", "function": {"name": _PROBE_TOOL, "parameters": {"type": "object"}}}]
         rendered = self.engine.render([{"role": "user", "content": "hi"}], probe, add_generation_prompt=True)
         if _PROBE_TOOL not in rendered:
