@@ -65,7 +65,15 @@ def _known_templates() -> list[tuple[str, str, str]]:
     # serves both; tests/test_modelfile.py proves each against Go's text/template.
     training_jinja = QWEN_JINJA.replace("__DEFAULT_SYSTEM__", jinja_string(QWEN_DEFAULT_SYSTEM))
     go_source = _resource_text("qwen2.5.gotmpl")
-    return [("qwen2.5", _normalise(qwen_jinja), go_source), ("qwen2.5", _normalise(training_jinja), go_source)]
+    known = [("qwen2.5", _normalise(qwen_jinja), go_source), ("qwen2.5", _normalise(training_jinja), go_source)]
+    # Families whose Go TEMPLATE is proven against their shipped Jinja template (tests/test_families_modelfile.py).
+    from tooltune.families.family import FAMILIES
+
+    for family, go_file in (("qwen3", "qwen3.gotmpl"),):
+        jinja_text = FAMILIES[family].template_text()
+        if jinja_text is not None:
+            known.append((family, _normalise(jinja_text), _resource_text(go_file)))
+    return known
 
 
 def go_template_for(chat_template: str) -> tuple[str, str]:
