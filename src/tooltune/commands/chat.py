@@ -29,8 +29,9 @@ def chat_command(
     max_new_tokens: int = typer.Option(256, "--max_new_tokens", "--max-new-tokens"),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (reproducible runs)."),
     system: str | None = typer.Option(None, "--system", help="System message put before the conversation."),
-    chat_template: Path | None = typer.Option(
-        None, "--chat-template", "--chat_template", help="Jinja file to use instead of the model's own template."
+    chat_template: str | None = typer.Option(
+        None, "--chat-template", "--chat_template",
+        help="Template instead of the model's own: a name (qwen, qwen3, mistral, ...), a Jinja file or a model folder."
     ),
     n_ctx: int = typer.Option(4096, "--n-ctx", "--n_ctx", help="Context length (tokens)."),
     lenient: bool = typer.Option(
@@ -56,7 +57,9 @@ def chat_command(
     if system is not None:
         history = [m for m in history if m.role != "system"]
         history.insert(0, Message(role="system", content=system))
-    template_text = chat_template.read_text(encoding="utf-8") if chat_template else None
+    from tooltune.families.registry import resolve_text
+
+    template_text = resolve_text(chat_template)
     params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
     with status.status(f"loading {model}"):
