@@ -219,6 +219,15 @@ QWEN3_CONV = Conversation(messages=[
 ], tools=[Tool(WEATHER)])
 
 
+def test_reasoning_fields_of_openai_and_ollama_messages_reach_the_template() -> None:
+    for key in ("reasoning_content", "thinking"):
+        message = Message.from_openai({"role": "assistant", "content": "Hi.", key: "Greet."})
+        text = get_template("qwen3", None).render_text(Conversation([Message("user", "hello"), message]))
+        assert text.endswith("<|im_start|>assistant\n<think>\nGreet.\n</think>\n\nHi.<|im_end|>\n")
+        off = get_template("qwen3", None, thinking="off").render_text(Conversation([Message("user", "hello"), message]))
+        assert "Greet." not in off
+
+
 def test_qwen3_trains_every_turn_in_its_inference_context_under_each_think_policy() -> None:
     replies = {}
     for policy in ("keep", "empty", "off"):

@@ -121,6 +121,10 @@ class Message:
         if not isinstance(content, str):
             raise ConversationError(f"{role} message content must be a string")
         calls = [ToolCall.from_any(c) for c in (raw.get("tool_calls") or [])]
+        reasoning = raw.get("reasoning_content", raw.get("thinking"))  # OpenAI-compatible / Ollama reasoning
+        if role == "assistant" and isinstance(reasoning, str) and reasoning and "</think>" not in content:
+            # Kept where chat templates look for it (Qwen3 splits <think> out of content); --thinking decides.
+            content = f"<think>\n{reasoning.strip()}\n</think>\n\n{content.lstrip()}"
         name = raw.get("name", raw.get("tool_name"))
         return cls(
             role=role,
