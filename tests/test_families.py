@@ -336,3 +336,17 @@ def test_fixtures_carry_their_licences() -> None:
     for family in ("qwen3", "llama3.2", "mistral", "phi4-mini", "smollm3", "hermes3"):
         assert f"## {family}" in sources
     assert json.loads((FIXTURES / "smollm3" / "post_processor.json").read_text())["type"] == "TemplateProcessing"
+
+
+def test_lenient_bare_json_is_a_call_only_when_its_arguments_fit_the_schema() -> None:
+    tools = [WEATHER, TIME]
+    for reply in ('{"name": "get_weather", "arguments": {"city": "Paris"}}',
+                  'Sure:\n```json\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n```'):
+        parsed = parse_reply(reply, FAMILIES["qwen3"], tools=tools, lenient=True)
+        assert [c.name for c in parsed.calls] == ["get_weather"], reply
+    for reply in ('{"name": "get_weather", "arguments": {}}',  # required city missing
+                  '{"name": "get_weather", "arguments": {"city": 3}}',  # wrong type
+                  '{"name": "get_weather", "arguments": {"city": "P", "date": "today"}}',  # not in the schema
+                  '{"name": "get_weather", "description": "Weather of a city"}'):  # a tool description, not a call
+        parsed = parse_reply(reply, FAMILIES["qwen3"], tools=tools, lenient=True)
+        assert parsed.calls == [] and parsed.content == reply, reply

@@ -98,6 +98,45 @@ def tool_names(tools: ToolsLike) -> set[str] | None:
     return names
 
 
+def tool_schemas(tools: ToolsLike) -> dict[str, dict[str, Any]]:
+    """Parameter schemas by tool name (tools given only by name have none)."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for tool in tools or []:
+        if isinstance(tool, str):
+            continue
+        item = tool if isinstance(tool, Tool) else Tool(tool)
+        try:
+            schemas[item.name] = item.json_schema()
+        except ConversationError:
+            continue
+    return schemas
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "array": (list,),
+    "object": (dict,), "null": (type(None),),
+}
+
+
+def arguments_fit(arguments: dict[str, Any], schema: dict[str, Any] | None) -> bool:
+    """Required properties present, no property the schema does not name, top-level types right (None: no schema
+    to check against, so accepted)."""
+    if schema is None:
+        return True
+    properties = schema.get("properties") or {}
+    if any(name not in arguments for name in schema.get("required") or []):
+        return False
+    if properties and any(name not in properties for name in arguments):
+        return False
+    for name, value in arguments.items():
+        wanted = (properties.get(name) or {}).get("type") if isinstance(properties.get(name), dict) else None
+        kinds = [wanted] if isinstance(wanted, str) else list(wanted or [])
+        allowed = tuple(t for kind in kinds for t in _JSON_TYPES.get(kind, (object,)))
+        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+            return False
+    return True
+
+
 def format_tool_calls(calls: Iterable[ToolCall]) -> str:
     """Render calls the way the Qwen2.5 / Hermes template writes them (one block per call)."""
     blocks = []
@@ -203,6 +242,7 @@ class StreamingToolCallParser:
 
     def __init__(self, tools: ToolsLike = None, lenient: bool = False) -> None:
         self.known = tool_names(tools)
+        self.schemas = tool_schemas(tools)
         self.lenient = lenient
         self.calls: list[ToolCall] = []
         self.errors: list[str] = []
@@ -434,6 +474,11 @@ class StreamingToolCallParser:
         if not _looks_like_call(value, self.known):
             return None
         try:
-            return _calls_from_json(value)
+            calls = _calls_from_json(value)
         except ConversationError:
             return None
+        # Untagged JSON is a call only when its arguments fit the tool's schema: a JSON answer that merely names a
+        # tool (or is about one) stays text.
+        if not all(arguments_fit(call.arguments, self.schemas.get(call.name)) for call in calls):
+            return None
+        return calls
