@@ -166,6 +166,7 @@ function dataPage() {
     const q = query();
     const shown = new URLSearchParams(q); if (pageNo) shown.set("page", pageNo);
     history.replaceState(null, "", "/ui/data?" + shown);
+    main.dataset.loading = "1";
     summaryBox.replaceChildren(el("p", { class: "muted" }, "encoding…"));
     list.replaceChildren();
     const samplesQuery = new URLSearchParams(q); samplesQuery.set("page", pageNo); samplesQuery.set("size", 20);
@@ -182,6 +183,7 @@ function dataPage() {
     } catch (e) {
       summaryBox.replaceChildren(errorBox(e.message));
     }
+    delete main.dataset.loading;
   }
   form.addEventListener("submit", (ev) => { ev.preventDefault(); load(true); });
   load(false);
