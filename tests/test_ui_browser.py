@@ -50,7 +50,7 @@ def page(browser):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_workspace(tmp_path_factory.mktemp("ui_browser") / "ws")
-    write_run(root, "lr-1e-3", [2.4, 1.9, 1.5, 1.3, 1.2, 1.15], eval_loss=1.35)
+    write_run(root, "lr-1e-3", [2.4, 1.9, 1.5, 1.3, 1.2, 1.15], eval_loss=1.35, shipped=True)
     write_run(root, "lr-5e-4", [2.4, 2.1, 1.9, 1.7, 1.6, 1.5], config={"learning_rate": 5e-4}, eval_loss=1.6)
     return root
 
@@ -137,6 +137,9 @@ def test_runs_pages_live_loss_and_compare(page, ui: RunningApp, workspace: Path)
     assert "step 4" in page.inner_text("#live")
     page.goto(ui.url + "/ui/run?name=lr-1e-3")
     page.wait_for_selector("#stages")
+    assert "90% (27/30)" in page.inner_text("#eval") and "model-Q4_K_M.gguf" in page.inner_text("#gguf")
+    assert "FROM ./quantize/model-Q4_K_M.gguf" in page.inner_text("#modelfile")
+    assert page.get_attribute("#loss-chart", "data-points") == "7"  # 6 training points and the held-out one
     shot(page, "run")
 
 
@@ -164,7 +167,7 @@ def test_start_a_tiny_run_and_watch_its_loss_live(page, ui: RunningApp, workspac
     page.goto(ui.url + "/ui/start")
     page.wait_for_selector("#run-form")
     for field, value in {"name": "tiny", "model_name_or_path": "tiny-model", "dataset": "glaive_toolcall_en_demo",
-                         "cutoff_len": "256", "max_samples": "12", "lora_rank": "4", "learning_rate": "1e-3",
+                         "cutoff_len": "512", "max_samples": "12", "lora_rank": "4", "learning_rate": "1e-3",
                          "max_steps": "40", "logging_steps": "1", "save_steps": "1000"}.items():
         page.fill(f"input[name={field}]", value)
     page.click("button[type=submit]")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-
 from tiny_models import QWEN_TOKENIZER
 
 CHROMIUM = os.environ.get("TOOLTUNE_CHROMIUM", "/usr/bin/chromium")
@@ -54,9 +53,13 @@ def make_workspace(root: Path) -> Path:
     return root
 
 
+MODELFILE = 'FROM ./quantize/model-Q4_K_M.gguf\nTEMPLATE """{{ .Prompt }}"""\nPARAMETER temperature 0\n'
+
+
 def write_run(root: Path, name: str, losses: list[float], config: dict[str, Any] | None = None,
-              eval_loss: float | None = None) -> Path:
-    """A finished run folder as the pipeline leaves it: manifest.json with stage records and train/trainer_log.jsonl."""
+              eval_loss: float | None = None, shipped: bool = False) -> Path:
+    """A run folder as the pipeline leaves it: manifest.json with stage records and train/trainer_log.jsonl;
+    ``shipped`` adds the later stages' records (eval rows, GGUF files, Modelfile) in the shapes those stages write."""
     from tooltune.pipeline.manifest import Manifest, StageRecord
 
     run_dir = root / "runs" / name
@@ -70,6 +73,21 @@ def write_run(root: Path, name: str, losses: list[float], config: dict[str, Any]
         "done", "k2", 2.0, 12.0, 10.0, 900 << 20, summary=f"{len(losses)} steps",
         metrics={"figures": {"train_loss": sum(losses) / len(losses), "train_runtime": 10.0}},
     )
+    if shipped:
+        manifest.order += ["eval", "quantize", "modelfile"]
+        rows = [{"model": "base", "cases": 30, "format_valid": 9, "right_name": 7, "args_match": 4,
+                 "tokens_per_second": 41.0},
+                {"model": "tuned F16", "cases": 30, "format_valid": 29, "right_name": 27, "args_match": 22,
+                 "tokens_per_second": 40.0}]
+        manifest.stages["eval"] = StageRecord("done", "k3", 12.0, 40.0, 28.0, 700 << 20, summary="2 models",
+                                              metrics={"rows": rows})
+        files = [{"name": "model-F16.gguf", "type": "F16", "bytes": 271 << 20, "label": "tuned F16"},
+                 {"name": "model-Q4_K_M.gguf", "type": "Q4_K_M", "bytes": 101 << 20, "label": "tuned Q4_K_M"}]
+        manifest.stages["quantize"] = StageRecord("done", "k4", 40.0, 52.0, 12.0, 300 << 20, summary="1 file",
+                                                  metrics={"files": files[1:]})
+        manifest.stages["gguf"] = StageRecord("done", "k5", 52.0, 60.0, 8.0, 500 << 20, metrics={"files": files[:1]})
+        manifest.stages["modelfile"] = StageRecord("done", "k6", 60.0, 60.1, 0.1, 90 << 20,
+                                                   metrics={"text": MODELFILE, "name": name})
     manifest.save()
     lines = [json.dumps({"step": i + 1, "loss": loss}) for i, loss in enumerate(losses)]
     if eval_loss is not None:

@@ -95,7 +95,9 @@ class DataCache:
     def data_arguments(self, query: DataQuery) -> DataArguments:
         """The CLI's ``DataArguments`` for ``query``, with every file it names checked to lie in the workspace
         (or in the bundled demo data)."""
-        dataset_dir = self.workspace.resolve(query.dataset_dir, "dataset_dir") if query.dataset_dir else BUNDLED_DATA_DIR
+        dataset_dir = BUNDLED_DATA_DIR
+        if query.dataset_dir:
+            dataset_dir = self.workspace.resolve(query.dataset_dir, "dataset_dir")
         resolved = []
         for name in (n.strip() for n in query.dataset.split(",") if n.strip()):
             if Path(name).suffix in (".json", ".jsonl"):

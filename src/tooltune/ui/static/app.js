@@ -45,7 +45,8 @@ function fmtNum(v, digits = 4) {
   return typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(digits)) : String(v);
 }
 function table(headers, rows, attrs) {
-  return el("table", attrs || {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+  const head = headers.some((h) => h) ? el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))) : null;
+  return el("table", attrs || {}, head,
     el("tbody", {}, rows.map((row) => el("tr", {}, row.map((cell) =>
       cell instanceof Node ? el("td", {}, cell) : el("td", { class: typeof cell === "number" ? "num" : null }, cell))))));
 }
@@ -56,7 +57,7 @@ document.querySelectorAll("header nav a").forEach((a) => {
 
 // ---------------------------------------------------------------- chart (inline SVG, no library)
 function lineChart(series, opts = {}) {
-  const width = opts.width || 640, height = opts.height || 240, pad = { l: 48, r: 12, t: 10, b: 28 };
+  const width = opts.width || 640, height = opts.height || 240, pad = { l: 56, r: 12, t: 10, b: 28 };
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("class", "chart");
@@ -85,12 +86,18 @@ function lineChart(series, opts = {}) {
     const sy = (y) => height - pad.b - (y - y0) / (y1 - y0) * (height - pad.t - pad.b);
     svg.append(ns("line", { x1: pad.l, y1: height - pad.b, x2: width - pad.r, y2: height - pad.b, stroke: "#9ca3af" }));
     svg.append(ns("line", { x1: pad.l, y1: pad.t, x2: pad.l, y2: height - pad.b, stroke: "#9ca3af" }));
+    // Tick labels with as many decimals as the range needs, and no repeated x labels for a few steps.
+    const decimals = Math.min(6, Math.max(0, Math.ceil(-Math.log10((y1 - y0) / 4)) + 1));
+    const xTicks = new Set();
     for (let i = 0; i <= 4; i++) {
       const y = y0 + (y1 - y0) * i / 4, t = ns("text", { x: pad.l - 4, y: sy(y) + 3, "text-anchor": "end" });
-      t.textContent = y.toPrecision(3);
+      t.textContent = y.toFixed(decimals);
       svg.append(t, ns("line", { x1: pad.l, y1: sy(y), x2: width - pad.r, y2: sy(y), stroke: "#f1f5f9" }));
-      const x = x0 + (x1 - x0) * i / 4, tx = ns("text", { x: sx(x), y: height - pad.b + 14, "text-anchor": "middle" });
-      tx.textContent = Math.round(x);
+      xTicks.add(Math.round(x0 + (x1 - x0) * i / 4));
+    }
+    for (const x of xTicks) {
+      const tx = ns("text", { x: sx(x), y: height - pad.b + 14, "text-anchor": "middle" });
+      tx.textContent = x;
       svg.append(tx);
     }
     const xl = ns("text", { x: width - pad.r, y: height - 2, "text-anchor": "end" });
@@ -101,7 +108,7 @@ function lineChart(series, opts = {}) {
       const d = s.points.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
       svg.append(ns("polyline", { points: d, fill: "none", stroke: s.color, "stroke-width": 1.6, "stroke-dasharray": s.dash || "" }));
       for (const p of s.points.slice(-1)) svg.append(ns("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: s.color }));
-      const label = ns("text", { x: pad.l + 8, y: pad.t + 12 + 12 * i, fill: s.color });
+      const label = ns("text", { x: width - pad.r - 4, y: pad.t + 12 + 12 * i, fill: s.color, "text-anchor": "end" });
       label.textContent = `${s.name} (${s.points.length})`;
       label.style.fill = s.color;
       svg.append(label);
@@ -434,7 +441,7 @@ async function playgroundPage() {
     for (const call of reply.tool_calls) {
       const result = el("textarea", { class: "tool-result", rows: 2, style: "width:100%", placeholder: `result of ${call.name} (JSON or text)` });
       const card = el("div", { class: "card tool-call", "data-name": call.name },
-        el("div", {}, "🔧 ", el("span", { class: "name" }, call.name)),
+        el("div", {}, el("span", { class: "muted" }, "tool call "), el("span", { class: "name" }, call.name)),
         el("pre", { class: "arguments" }, JSON.stringify(call.arguments, null, 2)), result,
         el("button", { class: "secondary send-result", onclick: async (ev) => {
           ev.target.disabled = true;
