@@ -177,3 +177,22 @@ def test_loss_stream_pushes_each_new_log_line(server: RunningApp, workspace: Pat
         time.sleep(0.2)
     assert done.wait(10), received
     assert [(r["step"], r["loss"]) for r in received] == [(2, 2.5), (3, 2.25)]
+
+
+def test_playground_accepts_the_three_tool_shapes() -> None:
+    from tooltune.ui.playground import build_request
+
+    shapes = [
+        {"type": "function", "function": {"name": "f", "description": "d",
+                                          "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}},
+        {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}},
+        {"name": "f", "description": "d", "parameters": [{"name": "x", "description": "an x", "required": True}]},
+    ]
+    for shape in shapes:
+        messages, tools, choice, options = build_request({
+            "messages": [{"role": "user", "content": "hi"}], "tools": [shape], "tool_choice": "f",
+            "system": "be brief", "options": {"temperature": "0.5", "max_tokens": "", "seed": 3}})
+        assert tools[0]["type"] == "function" and tools[0]["function"]["name"] == "f"
+        assert tools[0]["function"]["parameters"]["properties"]["x"]["type"] == "string"
+        assert choice == {"type": "function", "function": {"name": "f"}}
+        assert messages[0] == {"role": "system", "content": "be brief"} and options == {"temperature": 0.5, "seed": 3}

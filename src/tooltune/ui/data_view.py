@@ -69,6 +69,7 @@ class LoadedDataset:
     prepared: PreparedDataset
     tokenizer: Any
     search_text: list[str] | None = None  # lower-cased conversation text per sample, built on the first search
+    summary: dict[str, Any] | None = None  # built once: totals over every label of 10,000 samples are not free
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -78,19 +79,30 @@ class DataCache:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self.entries: OrderedDict[DataQuery, LoadedDataset] = OrderedDict()
+        self.loading: dict[DataQuery, threading.Lock] = {}
         self.lock = threading.Lock()
 
     def get(self, query: DataQuery) -> LoadedDataset:
+        """The encoded dataset; concurrent requests for one query wait for a single encoding."""
         with self.lock:
             if query in self.entries:
                 self.entries.move_to_end(query)
                 return self.entries[query]
-        loaded = self._load(query)
-        with self.lock:
-            self.entries[query] = loaded
-            while len(self.entries) > CACHED_DATASETS:
-                self.entries.popitem(last=False)
-        return loaded
+            loading = self.loading.setdefault(query, threading.Lock())
+        with loading:
+            with self.lock:
+                if query in self.entries:  # another request finished it while this one waited
+                    return self.entries[query]
+            try:
+                loaded = self._load(query)
+            finally:
+                with self.lock:
+                    self.loading.pop(query, None)
+            with self.lock:
+                self.entries[query] = loaded
+                while len(self.entries) > CACHED_DATASETS:
+                    self.entries.popitem(last=False)
+            return loaded
 
     def data_arguments(self, query: DataQuery) -> DataArguments:
         """The CLI's ``DataArguments`` for ``query``, with every file it names checked to lie in the workspace
@@ -151,9 +163,16 @@ def segments(sample: Encoded, tokenizer: Any) -> list[dict[str, Any]]:
 
 
 def summary(loaded: LoadedDataset) -> dict[str, Any]:
-    prepared = loaded.prepared
+    with loaded.lock:
+        if loaded.summary is None:
+            loaded.summary = _summary(loaded.prepared)
+        return loaded.summary
+
+
+def _summary(prepared: PreparedDataset) -> dict[str, Any]:
     report = prepared.train
     pct = report.length_percentiles()
+    tokens, trained = report.tokens, report.trained_tokens
     return {
         "datasets": [{"name": d.name, "path": d.path, "kept": d.kept, "rejected": d.rejected}
                      for d in prepared.load.datasets],
@@ -162,9 +181,9 @@ def summary(loaded: LoadedDataset) -> dict[str, Any]:
         "policy": report.policy,
         "samples": len(report.samples),
         "skipped": len(report.skipped),
-        "tokens": report.tokens,
-        "trained_tokens": report.trained_tokens,
-        "trained_share": report.trained_tokens / report.tokens if report.tokens else 0.0,
+        "tokens": tokens,
+        "trained_tokens": trained,
+        "trained_share": trained / tokens if tokens else 0.0,
         "length": {"p50": pct[50], "p90": pct[90], "p99": pct[99], "max": pct[100]},
         "hit_cutoff": report.truncated,
         "rejected_records": [{"file": r.file, "record": r.index, "reason": r.reason}

@@ -162,6 +162,7 @@ function dataPage() {
       el("mark", { class: "toolcall" }, "<tool_call>"), " ", el("mark", { class: "toolresult" }, "<tool_response>"), " ", el("span", { class: "cut" }, "✂ cutoff")),
     form, summaryBox, pager, list);
   let pageNo = Number(params.get("page") || 0);
+  let lastSummaryKey = null;
 
   function query() {
     const q = new URLSearchParams(new FormData(form));
@@ -174,13 +175,16 @@ function dataPage() {
     const shown = new URLSearchParams(q); if (pageNo) shown.set("page", pageNo);
     history.replaceState(null, "", "/ui/data?" + shown);
     main.dataset.loading = "1";
-    summaryBox.replaceChildren(el("p", { class: "muted" }, "encoding…"));
-    list.replaceChildren();
+    if (!lastSummaryKey) summaryBox.replaceChildren(el("p", { class: "muted" }, "encoding…"));
     const samplesQuery = new URLSearchParams(q); samplesQuery.set("page", pageNo); samplesQuery.set("size", 20);
     try {
-      const [summary, result] = await Promise.all([api("data/summary?" + q), api("data/samples?" + samplesQuery)]);
-      summaryBox.replaceChildren(summaryNode(summary));
+      // The summary depends on the dataset arguments only: fetched again when they change, not on every page.
+      const summaryKey = q.toString().replace(/(^|&)q=[^&]*/, "");
+      const [summary, result] = await Promise.all([summaryKey === lastSummaryKey ? null : api("data/summary?" + q),
+        api("data/samples?" + samplesQuery)]);
+      if (summary) { summaryBox.replaceChildren(summaryNode(summary)); lastSummaryKey = summaryKey; }
       list.replaceChildren(...result.samples.map(sampleNode));
+      window.scrollTo(0, 0);
       const pages = Math.max(1, Math.ceil(result.matched / result.size));
       pager.replaceChildren(
         el("button", { class: "secondary", disabled: pageNo === 0, onclick: () => { pageNo--; load(false); } }, "‹ prev"),
@@ -189,6 +193,8 @@ function dataPage() {
       main.dataset.ready = "1";
     } catch (e) {
       summaryBox.replaceChildren(errorBox(e.message));
+      lastSummaryKey = null;
+      list.replaceChildren();
     }
     delete main.dataset.loading;
   }
