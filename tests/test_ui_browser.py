@@ -191,7 +191,7 @@ def served(workspace: Path, default_gguf: Path):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "tooltune", "serve", str(default_gguf), "--port", str(port), "--api-key", KEY,
-         "--chat-template", "qwen", "--n-ctx", "2048", "--name", "smol"],
+         "--chat-template", "qwen", "--n-ctx", "2048", "--name", "smol", "--n-threads", "1"],
         cwd=workspace, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
