@@ -240,7 +240,6 @@ def test_playground_forced_tool_call_then_tool_result(page, served: str) -> None
     assert page.locator("#play-status .error").count() == 0
 
 
-@pytest.mark.slow
 def test_playground_side_by_side(page, workspace: Path, served: str) -> None:
     running = RunningApp(build_ui(str(workspace), model_urls=[f"{served}#smol"], model_api_key=KEY))
     try:

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
                                            help="Require this key on every page and endpoint."),
         model_url: list[str] = typer.Option(
             [], "--model-url", "--model_url",
-            help="A served model for the playground: URL[#MODEL] of a `tooltune serve` (repeat for side by side).",
+            help="A served model for the playground: URL or URL#MODEL of a `tooltune serve` (repeat for side by side).",
         ),
         model_api_key: str | None = typer.Option(None, "--model-api-key", "--model_api_key",
                                                  help="Bearer key the served models want."),

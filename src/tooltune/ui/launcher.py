@@ -172,8 +172,3 @@ class Launcher:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         return {"name": name, "returncode": process.returncode}
-
-    def shutdown(self) -> None:
-        for name in list(self.processes):
-            if self.processes[name].poll() is None:
-                self.stop(name)
