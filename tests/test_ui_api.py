@@ -29,7 +29,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "evil" / "dataset_info.json").write_text(json.dumps({"leak": {"file_name": str(outside),
                                                                           "formatting": "openai"}}), encoding="utf-8")
     os.symlink(outside, root / "link.json")
-    write_run(root, "alpha", [2.0, 1.5, 1.2], eval_loss=1.4)
+    alpha = write_run(root, "alpha", [2.0, 1.5, 1.2], eval_loss=1.4)
+    from tooltune.pipeline.report import plot_eval
+
+    plot_eval([{"model": "base", "cases": 4, "format_valid": 1, "right_name": 1, "args_match": 0}], alpha / "eval.png")
     write_run(root, "beta", [2.1, 1.1], config={"learning_rate": 5e-4})
     return root
 
@@ -61,6 +64,8 @@ def keyed(workspace: Path):
         ("runs/..", {}),
         ("compare", {"left": "alpha", "right": "../alpha"}),
         ("runs/.hidden/loss-stream", {}),
+        ("runs/alpha/image/manifest.json", {}),
+        ("runs/alpha/image/..%2F..%2F..%2Fsecret.json", {}),
     ],
 )
 def test_nothing_outside_the_workspace_is_readable(server: RunningApp, path: str, params: dict[str, str]) -> None:
@@ -88,6 +93,7 @@ def test_static_files_cannot_be_escaped(server: RunningApp) -> None:
         ({"name": "ok", "dataset": "../data.json"}, "outside"),
         ({"name": "ok", "dataset": "glaive_toolcall_en_demo", "output_dir": "/tmp/x"}, "output_dir"),
         ({"name": "ok"}, "dataset"),
+        ({"name": "ok", "dataset": "leak", "dataset_dir": "evil"}, "outside"),  # registry entry pointing out
     ],
 )
 def test_run_form_is_validated_on_the_server(server: RunningApp, workspace: Path, form: dict[str, str],
@@ -145,6 +151,9 @@ def test_runs_list_detail_and_compare(server: RunningApp) -> None:
     assert alpha["loss"]["train"] == [[1, 2.0], [2, 1.5], [3, 1.2]] and alpha["loss"]["eval"] == [[3, 1.4]]
     assert [s["name"] for s in alpha["stage_rows"]] == ["preview", "train"]
     assert alpha["stage_rows"][1]["peak_rss_bytes"] == 900 << 20
+    assert alpha["images"] == ["eval.png"]
+    image = httpx.get(f"{server.url}/ui/api/runs/alpha/image/eval.png")
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
     diff = httpx.get(f"{server.url}/ui/api/compare", params={"left": "alpha", "right": "beta"}).json()
     assert [d["key"] for d in diff["config_diff"]] == ["learning_rate"]
     figures = {d["key"]: (d["left"], d["right"]) for d in diff["metric_diff"]}

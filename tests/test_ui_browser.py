@@ -139,6 +139,8 @@ def test_runs_pages_live_loss_and_compare(page, ui: RunningApp, workspace: Path)
     page.wait_for_selector("#stages")
     assert "90% (27/30)" in page.inner_text("#eval") and "model-Q4_K_M.gguf" in page.inner_text("#gguf")
     assert "FROM ./quantize/model-Q4_K_M.gguf" in page.inner_text("#modelfile")
+    page.wait_for_function("document.querySelector('img.report-chart').complete && "
+                           "document.querySelector('img.report-chart').naturalWidth > 100")
     assert page.get_attribute("#loss-chart", "data-points") == "7"  # 6 training points and the held-out one
     shot(page, "run")
 

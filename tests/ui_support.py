@@ -86,6 +86,9 @@ def write_run(root: Path, name: str, losses: list[float], config: dict[str, Any]
         manifest.stages["quantize"] = StageRecord("done", "k4", 40.0, 52.0, 12.0, 300 << 20, summary="1 file",
                                                   metrics={"files": files[1:]})
         manifest.stages["gguf"] = StageRecord("done", "k5", 52.0, 60.0, 8.0, 500 << 20, metrics={"files": files[:1]})
+        from tooltune.pipeline.report import EVAL_PNG, plot_eval
+
+        plot_eval(rows, run_dir / EVAL_PNG)
         manifest.stages["modelfile"] = StageRecord("done", "k6", 60.0, 60.1, 0.1, 90 << 20,
                                                    metrics={"text": MODELFILE, "name": name})
     manifest.save()

@@ -135,6 +135,11 @@ def create_ui_app(ctx: UIContext) -> FastAPI:
     async def run_detail(name: str) -> dict[str, Any]:
         return await _to_thread(runs.run_detail, ctx.workspace, name)
 
+    @app.get(PREFIX + "/api/runs/{name}/image/{image}")
+    async def run_image(name: str, image: str) -> Response:
+        path = runs.run_image(ctx.workspace, name, image)
+        return Response(await _to_thread(path.read_bytes), media_type="image/png")
+
     @app.get(PREFIX + "/api/compare")
     async def compare(left: str, right: str) -> dict[str, Any]:
         return await _to_thread(runs.compare, ctx.workspace, left, right)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -105,10 +104,11 @@ def validate_form(workspace: Workspace, form: dict[str, Any]) -> tuple[str, dict
                     spec.high is not None and value > spec.high):
                 raise UIError(f"{spec.key}: {value} is outside {spec.low}..{spec.high}")
             config[spec.key] = value
-    for name_field in ("dataset",):
-        for item in str(config.get(name_field, "")).split(","):
-            if Path(item.strip()).suffix in (".json", ".jsonl"):
-                workspace.resolve(item.strip(), name_field)
+    if config.get("dataset"):
+        # The data page's check: data files, and files a dataset_info.json entry names, must lie in the workspace.
+        from tooltune.ui.data_view import DataCache, DataQuery
+
+        DataCache(workspace).data_arguments(DataQuery(str(config["dataset"]), str(config.get("dataset_dir", ""))))
     config["run_dir"] = f"runs/{name}"
     _check_with_cli_parser(workspace, config)
     return name, config

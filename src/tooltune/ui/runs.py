@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.pipeline.manifest import MANIFEST_NAME, read_manifest
-from tooltune.pipeline.report import REPORT_NAME, eval_rows
+from tooltune.pipeline.report import EVAL_PNG, LOSS_PNG, REPORT_NAME, eval_rows
 from tooltune.ui.workspace import UIError, Workspace
 
 LOG_FILE = "trainer_log.jsonl"  # tooltune.train.callbacks.LOG_FILE (not imported: that module imports transformers)
 TRAIN_STAGE = "train"
 LAUNCH_LOG = "ui_launch.log"
+RUN_IMAGES = (EVAL_PNG, LOSS_PNG)  # the report's charts: the only files of a run served as they are
 TAIL_POLL_SECONDS = 0.1
 TAIL_IDLE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 
@@ -103,7 +104,17 @@ def run_detail(workspace: Workspace, name: str) -> dict[str, Any]:
         "train_figures": metrics["train"].get("figures", {}),
         "report": report.read_text(encoding="utf-8") if report.is_file() else None,
         "launch_log": _tail(launch) if launch.is_file() else None,
+        "images": [name for name in RUN_IMAGES if (run_dir / name).is_file()],
     }
+
+
+def run_image(workspace: Workspace, name: str, image: str) -> Path:
+    if image not in RUN_IMAGES:
+        raise UIError(f"{image!r}: a run's images are {', '.join(RUN_IMAGES)}", status=404)
+    path = workspace.run_dir(name) / image
+    if not path.is_file():
+        raise UIError(f"run {name!r} has no {image}", status=404)
+    return path
 
 
 def _tail(path: Path, limit: int = 8000) -> str:

@@ -274,6 +274,9 @@ async function runPage() {
     el("h3", {}, "Training loss ", el("span", { class: "muted", id: "live" }, "")), chart);
   if (Object.keys(run.train_figures).length) main.append(table(["figure", "value"], Object.entries(run.train_figures).map(([k, v]) => [k, fmtNum(v)])));
   if (run.eval_rows.length) main.append(el("h3", {}, "Tool-calling accuracy (held-out)"), evalTable(run.eval_rows));
+  for (const image of run.images.filter((i) => i !== "loss.png")) {
+    main.append(el("img", { src: `/ui/api/runs/${encodeURIComponent(name)}/image/${image}`, alt: image, class: "report-chart", style: "max-width:640px;display:block" }));
+  }
   if (run.gguf_files.length) main.append(el("h3", {}, "GGUF files"), table(["file", "type", "size"], run.gguf_files.map((f) => [f.name, f.type || "", fmtBytes(f.bytes)]), { id: "gguf" }));
   if (run.gguf_report) main.append(el("pre", { class: "block" }, run.gguf_report));
   if (run.modelfile) main.append(el("h3", {}, "Modelfile"), el("pre", { class: "block", id: "modelfile" }, run.modelfile));
