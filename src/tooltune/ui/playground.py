@@ -104,14 +104,16 @@ def build_request(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict
     return messages, tools, choice, _options(body.get("options"))
 
 
-async def _template(client: httpx.AsyncClient, target: Target, model: str) -> str | None:
+async def _show(client: httpx.AsyncClient, target: Target, model: str) -> dict[str, Any]:
+    """Ollama's ``/api/show`` of the model (its chat template and default system prompt), or {} when not served."""
     try:
         response = await client.post(f"{target.url}/api/show", json={"model": model})
     except httpx.HTTPError:
-        return None
+        return {}
     if response.status_code != 200:
-        return None  # an OpenAI-only server: the page says the prompt is not available
-    return response.json().get("template") or None
+        return {}  # an OpenAI-only server: the page says the prompt is not available
+    body = response.json()
+    return body if isinstance(body, dict) else {}
 
 
 def render_prompt(template: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
@@ -140,7 +142,7 @@ async def chat(target: Target, body: dict[str, Any]) -> dict[str, Any]:
         request: dict[str, Any] = {"model": model, "messages": messages, **options}
         if tools:
             request |= {"tools": tools, "tool_choice": choice}
-        template = await _template(client, target, model)
+        show = await _show(client, target, model)
         try:
             response = await client.post(f"{target.url}/v1/chat/completions", json=request)
         except httpx.HTTPError as exc:
@@ -160,7 +162,7 @@ async def chat(target: Target, body: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": model,
         "request": request,
-        "prompt": render_prompt(template, messages, tools) if template else None,
+        "prompt": _prompt(show, messages, tools),
         "raw": payload,
         "content": THINK.sub("", content),
         "reasoning": reasoning,
@@ -171,6 +173,15 @@ async def chat(target: Target, body: dict[str, Any]) -> dict[str, Any]:
         "finish_reason": payload["choices"][0].get("finish_reason"),
         "assistant_message": message,
     }
+
+
+def _prompt(show: dict[str, Any], messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str | None:
+    template = show.get("template")
+    if not template:
+        return None
+    if show.get("system") and not any(m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": show["system"]}, *messages]  # the server adds its default system
+    return render_prompt(template, messages, tools)
 
 
 def _arguments(function: dict[str, Any]) -> Any:
