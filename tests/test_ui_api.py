@@ -205,3 +205,14 @@ def test_playground_accepts_the_three_tool_shapes() -> None:
         assert tools[0]["function"]["parameters"]["properties"]["x"]["type"] == "string"
         assert choice == {"type": "function", "function": {"name": "f"}}
         assert messages[0] == {"role": "system", "content": "be brief"} and options == {"temperature": 0.5, "seed": 3}
+
+
+def test_loss_stream_resets_when_the_log_is_cut_back(server: RunningApp, workspace: Path) -> None:
+    write_run(workspace, "resumed", [3.0, 2.5])  # the page had seen 4 lines; a resume cut the log back to 2
+    with httpx.stream("GET", f"{server.url}/ui/api/runs/resumed/loss-stream", params={"after": 4},
+                      timeout=20) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                break
+    assert event["reset"] is True and [r["step"] for r in event["records"]] == [1, 2] and event["line"] == 2

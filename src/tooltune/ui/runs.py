@@ -153,13 +153,17 @@ def compare(workspace: Workspace, left: str, right: str) -> dict[str, Any]:
 
 
 async def tail_loss(run_dir: Path, after_line: int, disconnected: Any) -> AsyncIterator[str]:
-    """Server-sent events: each new log line as ``data: {...}`` soon after training appends it."""
+    """Server-sent events: each new log line as ``data: {...}`` soon after training appends it. ``reset`` tells the
+    page to drop its points: the log was cut back (a resumed run redoes the steps after its checkpoint)."""
     idle = 0.0
     while not await disconnected():
+        before = after_line
         records, after_line = await asyncio.to_thread(read_loss, run_dir, after_line)
-        if records:
+        reset = after_line < before or (records and after_line - len(records) < before)
+        if records or reset:
             idle = 0.0
-            yield f"id: {after_line}\ndata: {json.dumps({'records': records, 'line': after_line})}\n\n"
+            payload = {"records": records, "line": after_line, "reset": bool(reset)}
+            yield f"id: {after_line}\ndata: {json.dumps(payload)}\n\n"
         else:
             idle += TAIL_POLL_SECONDS
             if idle >= TAIL_IDLE_SECONDS:

@@ -289,13 +289,15 @@ async function runPage() {
   const live = document.getElementById("live");
   const source = new EventSource(`/ui/api/runs/${encodeURIComponent(name)}/loss-stream?after=${run.log_lines}`);
   source.onmessage = (event) => {
-    const { records } = JSON.parse(event.data);
+    const { records, reset } = JSON.parse(event.data);
+    if (reset) { lossSeries[0].points.length = 0; lossSeries[1].points.length = 0; }
     for (const r of records) {
       if (typeof r.loss === "number") lossSeries[0].points.push([r.step, r.loss]);
       if (typeof r.eval_loss === "number") lossSeries[1].points.push([r.step, r.eval_loss]);
     }
     chart.redraw();
     const last = records[records.length - 1];
+    if (!last) return;
     live.textContent = `· live, step ${last.step}` + (typeof last.loss === "number" ? `, loss ${last.loss.toFixed(4)}` : "");
     window.__lastChartUpdate = performance.timeOrigin + performance.now();
   };
