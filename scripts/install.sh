@@ -11,6 +11,13 @@ if ! command -v go >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && apt-get install -y -qq golang-go) >/dev/null
 fi
 
+# Headless Chromium for the web UI's browser tests (driven by the `playwright` pip package, whose own browser
+# download is not needed: the tests point it at /usr/bin/chromium).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "[install] chromium (apt)"
+    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null
+fi
+
 # torch first and pinned, so no later resolution can pull a multi-GB CUDA build.
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     echo "[install] torch==2.13.0"

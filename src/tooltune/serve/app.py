@@ -131,4 +131,7 @@ def create_app(engine: Engine, name: str, *, defaults: dict[str, Any] | None = N
     app.include_router(ollama_api.build_router(state))
     app.include_router(openai_api.build_router(state))
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
+    from tooltune.ui import mount_on_serve  # the web UI at /ui/ with this model in its playground (same key)
+
+    mount_on_serve(app, api_key)
     return app
