@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tooltune.gguf.adapter import AdapterGGUFError, check_adapter_gguf, convert_adapter
+from tooltune.gguf.adapter import AdapterGGUFError, check_adapter_gguf, convert_adapter, read_gguf_header
 from tooltune.gguf.convert import convert_to_gguf, permute_for_llama_cpp
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -83,7 +83,7 @@ def test_layout_orientation_and_llama_row_order(llama_lora: tuple[Path, Path], l
     assert fields["adapter.lora.alpha"] == 16.0
     assert fields["general.architecture"] == "llama"
     tensors = _tensors(llama_ggufs["adapter"])
-    base = _tensors(llama_ggufs["base"])
+    base = read_gguf_header(llama_ggufs["base"]).tensor_shapes  # gguf-py's reader decodes the vocab: slow
     assert len(tensors) == 2 * 7 * 2  # 7 projections × 2 layers, A and B each
     for name, tensor in tensors.items():
         assert name.removesuffix(".lora_a").removesuffix(".lora_b") in base, name
@@ -91,12 +91,12 @@ def test_layout_orientation_and_llama_row_order(llama_lora: tuple[Path, Path], l
     # ggml order: lora_a is [in, rank], lora_b is [rank, out]; the base's q is [in, out].
     assert list(tensors["blk.0.attn_q.weight.lora_a"].shape) == [64, 8]
     assert list(tensors["blk.0.attn_k.weight.lora_b"].shape) == [8, 32]
-    assert list(base["blk.0.attn_k.weight"].shape) == [64, 32]
+    assert list(base["blk.0.attn_k.weight"]) == [64, 32]
     # q/k: B's output rows move into llama.cpp's interleaved RoPE order, A is untouched; v is not permuted.
     weights = load_file(llama_lora[0] / "adapter_model.safetensors")
     prefix = "base_model.model.model.layers.0.self_attn"
-    np.testing.assert_array_equal(np.asarray(tensors["blk.0.attn_k.weight.lora_b"].data),
-                                  permute_for_llama_cpp(weights[f"{prefix}.k_proj.lora_B.weight"], 2).astype(np.float16))
+    k_b = permute_for_llama_cpp(weights[f"{prefix}.k_proj.lora_B.weight"], 2)
+    np.testing.assert_array_equal(np.asarray(tensors["blk.0.attn_k.weight.lora_b"].data), k_b.astype(np.float16))
     np.testing.assert_array_equal(np.asarray(tensors["blk.0.attn_q.weight.lora_a"].data),
                                   weights[f"{prefix}.q_proj.lora_A.weight"].astype(np.float16))
     np.testing.assert_array_equal(np.asarray(tensors["blk.0.attn_v.weight.lora_b"].data),
@@ -276,17 +276,19 @@ def test_wrong_base_and_missing_files(llama_lora: tuple[Path, Path], llama_ggufs
         check_adapter_gguf(llama_ggufs["base"], llama_ggufs["base"])
 
 
-def test_modelfile_with_adapter(llama_ggufs: dict[str, Path], tmp_path: Path) -> None:
+def test_modelfile_with_adapter(llama_ggufs: dict[str, Path], tmp_path: Path, qwen_tokenizer_dir: Path) -> None:
     from tooltune.serve.modelfile import ModelfileError, write_modelfile
 
     folder = tmp_path / "ship"
     folder.mkdir()
     base = shutil.copy(llama_ggufs["base"], folder / "base.gguf")
     adapter = shutil.copy(llama_ggufs["adapter"], folder / "tools.gguf")
-    out = write_modelfile(base, folder / "Modelfile", chat_template=None, adapter=adapter)
+    # The training template (qwen's, whose Go TEMPLATE is proven) is the one the TEMPLATE must render.
+    template = (qwen_tokenizer_dir / "chat_template.jinja").read_text()
+    out = write_modelfile(base, folder / "Modelfile", chat_template=template, adapter=adapter)
     lines = out.read_text().splitlines()
     assert "FROM ./base.gguf" in lines
     assert lines[lines.index("FROM ./base.gguf") + 1] == "ADAPTER ./tools.gguf"
     assert any(line.startswith('TEMPLATE """') for line in lines)
     with pytest.raises((AdapterGGUFError, ModelfileError), match="not 'adapter'"):
-        write_modelfile(base, folder / "Bad", adapter=base)
+        write_modelfile(base, folder / "Bad", chat_template=template, adapter=base)

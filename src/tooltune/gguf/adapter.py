@@ -100,33 +100,93 @@ def _architecture_for_gguf(name: str, path: Path) -> Architecture:
     raise AdapterGGUFError(f"{path}: architecture {name!r} is not supported (supported: {', '.join(supported)})")
 
 
-def _field(reader: gguf.GGUFReader, key: str, path: Path) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
-        raise AdapterGGUFError(f"{path}: metadata key {key} missing; is this a complete llama.cpp model GGUF?")
-    return field.contents()
+_SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """A GGUF's metadata (arrays left out) and tensor shapes in ggml order, read without touching tensor data.
+    gguf-py's reader decodes every vocabulary entry first, seconds per file; this stays in milliseconds."""
+
+    path: Path
+    metadata: dict[str, Any]
+    tensor_shapes: dict[str, tuple[int, ...]]
+
+    def get(self, key: str) -> Any:
+        value = self.metadata.get(key)
+        if value is None:
+            raise AdapterGGUFError(f"{self.path}: metadata key {key} missing; is this a complete llama.cpp GGUF?")
+        return value
+
+
+def read_gguf_header(path: Path) -> GGUFHeader:
+    import mmap
+    import struct
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data[:4] != b"GGUF":
+                raise AdapterGGUFError(f"{path}: not a GGUF file (no GGUF magic)")
+            at = 8
+            n_tensors, n_kv = struct.unpack_from("<QQ", data, at)
+            at += 16
+
+            def string() -> str:
+                nonlocal at
+                (length,) = struct.unpack_from("<Q", data, at)
+                at += 8 + length
+                return bytes(data[at - length:at]).decode("utf-8", errors="replace")
+
+            def value(kind: int) -> Any:
+                nonlocal at
+                if kind == _STRING:
+                    return string()
+                if kind == _ARRAY:
+                    item_kind, count = struct.unpack_from("<IQ", data, at)
+                    at += 12
+                    if item_kind in _SCALAR_FORMATS:
+                        at += count * struct.calcsize("<" + _SCALAR_FORMATS[item_kind])
+                    else:
+                        for _ in range(count):
+                            value(item_kind)
+                    return None
+                fmt = "<" + _SCALAR_FORMATS[kind]
+                (result,) = struct.unpack_from(fmt, data, at)
+                at += struct.calcsize(fmt)
+                return result
+
+            metadata: dict[str, Any] = {}
+            for _ in range(n_kv):
+                key = string()
+                (kind,) = struct.unpack_from("<I", data, at)
+                at += 4
+                metadata[key] = value(kind)
+            shapes: dict[str, tuple[int, ...]] = {}
+            for _ in range(n_tensors):
+                name = string()
+                (n_dims,) = struct.unpack_from("<I", data, at)
+                shapes[name] = struct.unpack_from(f"<{n_dims}Q", data, at + 4)
+                at += 4 + 8 * n_dims + 4 + 8
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        raise AdapterGGUFError(f"{path}: not a readable GGUF file ({exc})") from None
+    return GGUFHeader(path, metadata, shapes)
 
 
 def read_base(base: str | Path) -> BaseModel:
     """The base the adapter will be applied to: a Hugging Face model directory or the base GGUF itself."""
     path = Path(base)
     if path.is_file():
-        try:
-            reader = gguf.GGUFReader(path)
-        except Exception as exc:  # gguf-py raises ValueError/struct errors on anything that is not GGUF
-            raise AdapterGGUFError(f"{path}: not a readable GGUF file ({exc})") from None
-        kind = reader.fields.get("general.type")
-        if kind is not None and kind.contents() == "adapter":
+        header = read_gguf_header(path)
+        if header.metadata.get("general.type") == "adapter":
             raise AdapterGGUFError(f"{path}: is itself a LoRA adapter GGUF; --base must be the model it adapts")
-        arch_name = _field(reader, "general.architecture", path)
+        arch_name = header.get("general.architecture")
         arch = _architecture_for_gguf(arch_name, path)
-        n_head = int(_field(reader, f"{arch_name}.attention.head_count", path))
-        head_kv = reader.fields.get(f"{arch_name}.attention.head_count_kv")
-        name_field = reader.fields.get("general.name")
-        shapes = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
-        return BaseModel(path, arch, int(_field(reader, f"{arch_name}.block_count", path)), n_head,
-                         int(head_kv.contents()) if head_kv is not None else n_head, shapes,
-                         name_field.contents() if name_field is not None else path.stem)
+        n_head = int(header.get(f"{arch_name}.attention.head_count"))
+        shapes = {name: tuple(reversed(shape)) for name, shape in header.tensor_shapes.items()}
+        return BaseModel(path, arch, int(header.get(f"{arch_name}.block_count")), n_head,
+                         int(header.metadata.get(f"{arch_name}.attention.head_count_kv") or n_head), shapes,
+                         str(header.metadata.get("general.name") or path.stem))
     if not path.is_dir():
         raise AdapterGGUFError(f"{path}: base not found (give the Hugging Face model directory or the base .gguf)")
     config = load_config(path)
@@ -241,7 +301,7 @@ def plan_pairs(adapter_dir: Path, config: dict[str, Any], base: BaseModel) -> li
         reason = "only a pickle adapter_model.bin" if (adapter_dir / "adapter_model.bin").is_file() else "no weights"
         raise AdapterGGUFError(f"{weights}: missing ({reason}); tooltune reads adapters saved as safetensors")
     name_map = gguf.get_tensor_name_map(base.arch.gguf_arch, base.n_layers)
-    applicable = {gguf.TENSOR_NAMES[t] for t in APPLICABLE_TENSORS}
+    applicable = {gguf.TENSOR_NAMES[t].rsplit(".", 1)[-1] for t in APPLICABLE_TENSORS}
     halves: dict[str, dict[str, SourceTensor]] = {}
     for tensor in _read_header(weights):
         module, marker, _ = tensor.name.partition(".lora_A.")
@@ -400,23 +460,20 @@ def check_adapter_gguf(adapter_gguf: str | Path, base_gguf: str | Path) -> Adapt
     for path, what in ((adapter_path, "adapter"), (base_path, "base model")):
         if not path.is_file():
             raise AdapterGGUFError(f"{path}: {what} GGUF not found")
-    try:
-        adapter = gguf.GGUFReader(adapter_path)
-    except Exception as exc:
-        raise AdapterGGUFError(f"{adapter_path}: not a readable GGUF file ({exc})") from None
-    kind = adapter.fields.get("general.type")
-    if kind is None or kind.contents() != "adapter":
-        raise AdapterGGUFError(f"{adapter_path}: general.type is {kind.contents() if kind else 'missing'}, not "
-                               "'adapter'; ADAPTER needs a LoRA GGUF (`tooltune lora-gguf ADAPTER_DIR --base BASE`)")
-    if _field(adapter, gguf.Keys.Adapter.TYPE, adapter_path) != "lora":
+    adapter = read_gguf_header(adapter_path)
+    kind = adapter.metadata.get("general.type")
+    if kind != "adapter":
+        raise AdapterGGUFError(f"{adapter_path}: general.type is {kind or 'missing'}, not 'adapter'; ADAPTER needs "
+                               "a LoRA GGUF (`tooltune lora-gguf ADAPTER_DIR --base BASE`)")
+    if adapter.get(gguf.Keys.Adapter.TYPE) != "lora":
         raise AdapterGGUFError(f"{adapter_path}: adapter.type is not 'lora'")
-    alpha = float(_field(adapter, gguf.Keys.Adapter.LORA_ALPHA, adapter_path))
+    alpha = float(adapter.get(gguf.Keys.Adapter.LORA_ALPHA))
     base = read_base(base_path)
-    arch = _field(adapter, "general.architecture", adapter_path)
+    arch = adapter.get("general.architecture")
     base_arch = gguf.MODEL_ARCH_NAMES[base.arch.gguf_arch]
     if arch != base_arch:
         raise AdapterGGUFError(f"{adapter_path}: adapter is for architecture {arch}, {base_path} is {base_arch}")
-    shapes = {t.name: tuple(int(n) for n in t.shape) for t in adapter.tensors}  # ggml order: (ne0, ne1)
+    shapes = adapter.tensor_shapes  # ggml order: (ne0, ne1)
     ranks = set()
     for name, (a_in, rank) in ((n.removesuffix(".lora_a"), s) for n, s in shapes.items() if n.endswith(".lora_a")):
         b_shape = shapes.get(name + ".lora_b")

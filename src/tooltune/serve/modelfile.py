@@ -216,7 +216,7 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
 
 
 def _path_from(modelfile: Path, target: Path) -> str:
-    """``./relative`` when ``target`` sits under the Modelfile's folder (the pair can be moved together), else absolute."""
+    """``./relative`` when ``target`` sits under the Modelfile's folder (they move together), else absolute."""
     try:
         return f"./{target.resolve().relative_to(modelfile.resolve().parent)}"
     except ValueError:
