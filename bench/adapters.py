@@ -17,11 +17,15 @@ from __future__ import annotations
 import argparse
 import ctypes
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# bench/gguf.py sits next to this file: drop this folder from the import path so `import gguf` finds gguf-py.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
 
 
 def build_files(work: Path, rank: int) -> dict[str, Path]:
@@ -138,6 +142,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
     try:
+        print("building the adapter, the merged model and their GGUFs ...", flush=True)
         files = build_files(work, args.rank)
         mib = {name: path.stat().st_size / 2**20 for name, path in files.items()}
         print(f"files ({work}): adapter F16 {mib['adapter']:.2f} MiB · base F16 {mib['base_f16']:.1f} MiB · "
@@ -149,6 +154,7 @@ def main() -> None:
             with_adapter = load(files[f"base_{kind}"], args.threads, files["adapter"])
             prompt = with_adapter.tokenize(b"<|im_start|>user\nWrite a short story about a robot.<|im_end|>\n"
                                            b"<|im_start|>assistant\n", add_bos=True, special=True)
+            print(f"decoding {kind} ...", flush=True)
             ours = decode_speed(with_adapter, prompt, args.tokens, args.repeat)
             if kind == "f16":
                 apply_ms, switched_ms, steady_ms = switch_costs(with_adapter, prompt, args.switches)

@@ -113,6 +113,7 @@ def _compare_with_llama_cpp(ours: Path, theirs: Path) -> None:
         assert (x.tensor_type, list(x.shape)) == (y.tensor_type, list(y.shape)), name
         assert np.asarray(x.data).tobytes() == np.asarray(y.data).tobytes(), name
     assert _fields(ours) == _fields(theirs)
+    assert ours.read_bytes() == theirs.read_bytes()  # same key and tensor order too: the very same file
 
 
 @pytest.mark.parametrize("arch,outtype", [("llama", "f16"), pytest.param("qwen2", "q8_0", marks=pytest.mark.slow)])
