@@ -15,6 +15,8 @@ def register(app: typer.Typer) -> None:
     @app.command("modelfile", help="Write an Ollama Modelfile (FROM, Go TEMPLATE, stops, defaults) for a GGUF.")
     def modelfile_command(
         model: Path = typer.Argument(..., help="The GGUF file."),
+        adapter: Path | None = typer.Option(None, "--adapter",
+                                            help="A LoRA GGUF for MODEL (`tooltune lora-gguf`): adds an ADAPTER line."),
         out: Path = typer.Option(Path("Modelfile"), "--out", "-o", help="Where to write the Modelfile."),
         name: str | None = typer.Option(None, "--name", help="Model name for the header's `ollama create` line."),
         chat_template: str | None = typer.Option(None, "--chat-template", "--chat_template",
@@ -32,6 +34,6 @@ def register(app: typer.Typer) -> None:
         go_template = template.read_text(encoding="utf-8") if template else None
         written = write_modelfile(model, out, name=name, chat_template=resolve_text(chat_template),
                                   system=system, params={"temperature": temperature, "top_p": top_p},
-                                  go_template=go_template, include_template=not no_template)
+                                  go_template=go_template, include_template=not no_template, adapter=adapter)
         size = written.stat().st_size
         console.print(f"wrote {written} ({size} bytes) — then: ollama create {name or model.stem} -f {written}")

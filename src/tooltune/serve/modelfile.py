@@ -179,10 +179,16 @@ def _parameter_lines(params: dict[str, Any]) -> list[str]:
 
 def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = None, chat_template: str | None = None,
                     system: str | None = None, params: dict[str, Any] | None = None,
-                    go_template: str | None = None, include_template: bool = True) -> Path:
-    """Write a Modelfile for ``gguf_path``: FROM, a Go TEMPLATE equivalent to the chat template, stops, defaults."""
+                    go_template: str | None = None, include_template: bool = True,
+                    adapter: str | Path | None = None) -> Path:
+    """Write a Modelfile for ``gguf_path``: FROM, a Go TEMPLATE equivalent to the chat template, stops, defaults.
+    With ``adapter`` (a llama.cpp LoRA GGUF for that base) an ``ADAPTER`` line follows ``FROM``."""
     gguf_path = Path(gguf_path)
     out = Path(out)
+    if adapter is not None:
+        from tooltune.gguf.adapter import check_adapter_gguf
+
+        check_adapter_gguf(adapter, gguf_path)  # refuse an adapter Ollama would load as a no-op or reject
     gguf_template, eos = read_gguf_chat_info(gguf_path)
     jinja_template = chat_template or gguf_template
     if include_template and go_template is None:
@@ -195,11 +201,7 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
     merged: dict[str, Any] = dict(DEFAULT_PARAMETERS)
     merged.update(params or {})
     merged["stop"] = list(dict.fromkeys([*stops, *_as_list(merged.get("stop"))]))
-    try:
-        relative = Path(gguf_path.resolve()).relative_to(out.resolve().parent)
-        from_path = f"./{relative}"
-    except ValueError:
-        from_path = str(gguf_path.resolve())
+    from_path = _path_from(out, gguf_path)
     header = [
         f"# Modelfile for {name or gguf_path.stem}, written by `tooltune modelfile`.",
         f"# TEMPLATE: Go equivalent of the model's Jinja chat template ({family}), checked against Go text/template",
@@ -209,6 +211,8 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
         "",
         f"FROM {from_path}",
     ]
+    if adapter is not None:
+        header.append(f"ADAPTER {_path_from(out, Path(adapter))}")
     body = []
     if include_template and go_template:
         body.append(f"TEMPLATE {_quote(go_template)}")
@@ -217,6 +221,14 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
     body.extend(_parameter_lines(merged))
     write_text(out, "\n".join(header + body) + "\n")
     return out
+
+
+def _path_from(modelfile: Path, target: Path) -> str:
+    """``./relative`` when ``target`` sits under the Modelfile's folder (they move together), else absolute."""
+    try:
+        return f"./{target.resolve().relative_to(modelfile.resolve().parent)}"
+    except ValueError:
+        return str(target.resolve())
 
 
 def _as_list(value: Any) -> list[Any]:
