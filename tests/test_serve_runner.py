@@ -163,3 +163,53 @@ def test_transformers_engine_runs_in_the_runner_too(tiny_qwen2_dir: Path) -> Non
             server.stop()
     finally:
         engine.close()
+
+
+def test_parallel_slots_decode_concurrent_requests_together(default_gguf: Path) -> None:
+    """--parallel 4: four requests with their own sampling, grammar and stops decode in one batch, interleaved."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = RunnerEngine(default_gguf, n_ctx=512, n_threads=1, chat_template=QWEN_JINJA, parallel=4)
+    server = RunningServer(create_app(engine, MODEL, stream_interval=0))
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    requests = [
+        {"messages": [{"role": "user", "content": "Write a long story about the sea."}],
+         "options": {"temperature": 0, "num_predict": 40}},
+        {"messages": [{"role": "user", "content": "Pick a number"}], "format": schema,
+         "options": {"temperature": 0, "num_predict": 30}},
+        {"messages": [{"role": "user", "content": "Count from one to twenty in words, comma separated."}],
+         "options": {"temperature": 0, "num_predict": 40, "stop": [","]}},
+        {"messages": [{"role": "user", "content": "Tell me about mountains."}],
+         "options": {"temperature": 0.9, "top_k": 20, "top_p": 0.8, "seed": 7, "num_predict": 40}},
+    ]
+
+    def run(body: dict) -> tuple[float, float, dict]:
+        first = None
+        parts = []
+        with httpx.stream("POST", f"{server.url}/api/chat", json={"model": MODEL, **body}, timeout=300) as r:
+            for line in r.iter_lines():
+                item = json.loads(line)
+                assert "error" not in item, item
+                first = first or time.perf_counter()
+                parts.append(item)
+        return first, time.perf_counter(), {"text": "".join(p["message"]["content"] for p in parts), **parts[-1]}
+
+    try:
+        assert engine.parallel == 4
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(run, requests))
+        story, number, counting, sampled = (r[2] for r in results)
+        assert story["eval_count"] == 40 and story["done_reason"] == "length"
+        assert isinstance(json.loads(number["text"])["n"], int)
+        assert "," not in counting["text"] and counting["done_reason"] == "stop"
+        assert sampled["eval_count"] >= 1 and sampled["text"]
+        # Decoded together, not queued: every request had its first token before the story finished.
+        story_end = results[0][1]
+        assert all(first < story_end for first, _, _ in results[1:]), results
+        # The same seeded request alone gives the same text (per-request sampler state).
+        again = run(requests[3])[2]
+        assert again["text"] == sampled["text"]
+    finally:
+        server.stop()
+        engine.close()

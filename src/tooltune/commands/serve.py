@@ -51,7 +51,7 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
                  n_ctx: int = 4096, n_threads: int | None = None, max_body_mb: float = 8.0,
                  max_tokens_limit: int | None = None, parameters: dict[str, Any] | None = None,
                  stream_interval_ms: float = 50.0, limits: Any = None,
-                 wedge_seconds: float | None = None) -> Any:
+                 wedge_seconds: float | None = None, parallel: int = 1) -> Any:
     """Start the model runner and return the FastAPI app (the typed entry point the CLI and the pipeline call).
 
     The model is loaded in a runner subprocess (``tooltune.serve.runner``): this process never imports native
@@ -83,7 +83,7 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
     model_path = Path(model) if model else default_gguf_path()
     engine = RunnerEngine(model_path, n_ctx=n_ctx, n_threads=n_threads,
                           chat_template=resolve_chat_template(chat_template),
-                          wedge_seconds=wedge_seconds or DEFAULT_WEDGE_SECONDS)
+                          wedge_seconds=wedge_seconds or DEFAULT_WEDGE_SECONDS, parallel=parallel)
     served_name = name or model_path.stem
     app = create_app(engine, served_name, defaults=defaults, system=system, messages=messages, api_key=api_key,
                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_limit=max_tokens_limit,
@@ -182,6 +182,9 @@ def register(app: typer.Typer) -> None:
                                            help="Deepest nesting of a request body."),
         shutdown_seconds: float = typer.Option(3.0, "--shutdown-timeout", "--shutdown_timeout",
                                                help="On SIGTERM/SIGINT, seconds in-flight requests may take."),
+        parallel: int = typer.Option(1, "--parallel", "--num-parallel", "--num_parallel",
+                                     help="Requests decoded together in one batch (llama.cpp slots); each gets "
+                                          "--n-ctx tokens of context."),
         runner_timeout: float = typer.Option(120.0, "--runner-timeout", "--runner_timeout",
                                              help="A runner silent this long while holding requests is restarted."),
     ) -> None:
@@ -193,7 +196,7 @@ def register(app: typer.Typer) -> None:
         serve(model, host=host, port=port, name=name, modelfile=modelfile, chat_template=chat_template,
               system=system, api_key=api_key, n_ctx=n_ctx, n_threads=n_threads, max_body_mb=max_body_mb,
               max_tokens_limit=max_tokens_limit, stream_interval_ms=stream_interval_ms,
-              shutdown_seconds=shutdown_seconds, wedge_seconds=runner_timeout,
+              shutdown_seconds=shutdown_seconds, wedge_seconds=runner_timeout, parallel=max(1, parallel),
               limits=RequestLimits(max_json_depth=max_json_depth, max_schema_bytes=max_schema_bytes,
                                    max_schema_depth=max_schema_depth, max_schema_repeat=max_schema_repeat),
               parameters={"temperature": temperature, "top_p": top_p, "top_k": top_k,

@@ -29,7 +29,7 @@ import threading
 import traceback
 from typing import Any, BinaryIO
 
-from tooltune.engines import Engine, EngineError, SamplingParams, load_engine
+from tooltune.engines import Engine, EngineError, LlamaCppEngine, SamplingParams, load_engine
 
 
 class _Writer:
@@ -66,13 +66,13 @@ def describe(engine: Engine) -> dict[str, Any]:
     }
 
 
-def _params(raw: dict[str, Any]) -> SamplingParams:
+def sampling_params(raw: dict[str, Any]) -> SamplingParams:
     known = {f.name for f in dataclasses.fields(SamplingParams)}
     return SamplingParams(**{k: v for k, v in raw.items() if k in known})
 
 
-def serve_commands(engine: Engine, commands: BinaryIO, writer: _Writer) -> None:
-    """Decode requests in arrival order until the command pipe closes."""
+def serve_commands(engine: Engine, commands: BinaryIO, writer: _Writer, parallel: int = 1) -> None:
+    """Decode requests until the command pipe closes: in arrival order, or ``parallel`` at a time in one batch."""
     jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
     cancelled: set[int] = set()
     cancel_lock = threading.Lock()
@@ -88,26 +88,30 @@ def serve_commands(engine: Engine, commands: BinaryIO, writer: _Writer) -> None:
         # The server is gone: nobody is left to answer, and native code may be mid-call, so leave at once.
         os._exit(0)
 
+    def is_cancelled(job_id: int) -> bool:
+        with cancel_lock:
+            return job_id in cancelled
+
     threading.Thread(target=read_commands, name="runner-commands", daemon=True).start()
+    if parallel > 1 and isinstance(engine, LlamaCppEngine):
+        from tooltune.serve.batched import serve_batched
+
+        serve_batched(engine, parallel, jobs, is_cancelled, writer.send)
+        return
     while True:
         command = jobs.get()
         if command is None:
             return
         job_id = command["id"]
-
-        def is_cancelled(job_id: int = job_id) -> bool:
-            with cancel_lock:
-                return job_id in cancelled
-
-        if is_cancelled():
+        if is_cancelled(job_id):
             writer.send({"id": job_id, "error": "cancelled", "kind": "cancelled"})
             continue
         try:
-            stream = engine.stream(command["prompt"], _params(command.get("params", {})))
+            stream = engine.stream(command["prompt"], sampling_params(command.get("params", {})))
             try:
                 for chunk in stream:
                     writer.send({"id": job_id, "chunk": chunk.text})
-                    if is_cancelled():
+                    if is_cancelled(job_id):
                         break
             finally:
                 stream.close()
@@ -139,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         writer.send({"load_error": f"{type(exc).__name__}: {exc}"})
         return 1
-    writer.send({"hello": describe(engine)})
-    serve_commands(engine, commands, writer)
+    parallel = max(1, int(load.get("parallel", 1)))
+    hello = describe(engine)
+    hello["parallel"] = parallel if isinstance(engine, LlamaCppEngine) else 1
+    writer.send({"hello": hello})
+    serve_commands(engine, commands, writer, hello["parallel"])
     return 0
 
 

@@ -160,9 +160,10 @@ class RunnerEngine(Engine):
 
     def __init__(self, model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  chat_template: str | None = None, trust_remote_code: bool = False,
-                 wedge_seconds: float = DEFAULT_WEDGE_SECONDS, load_timeout: float = 600.0) -> None:
+                 wedge_seconds: float = DEFAULT_WEDGE_SECONDS, load_timeout: float = 600.0,
+                 parallel: int = 1) -> None:
         self._load = {"model": str(model), "n_ctx": n_ctx, "n_threads": n_threads, "chat_template": chat_template,
-                      "trust_remote_code": trust_remote_code}
+                      "trust_remote_code": trust_remote_code, "parallel": parallel}
         self._load_timeout = load_timeout
         self.wedge_seconds = wedge_seconds
         self._results = threading.local()  # last_result per decoding thread
@@ -186,6 +187,7 @@ class RunnerEngine(Engine):
         self.supports_grammar = hello["supports_grammar"]
         self.load_seconds = hello["load_seconds"]
         self.metadata = hello["metadata"]
+        self.parallel = hello.get("parallel", 1)  # requests the runner decodes together (1: one at a time)
         self._watchdog = threading.Thread(target=self._watch, name="runner-watchdog", daemon=True)
         self._watchdog.start()
 

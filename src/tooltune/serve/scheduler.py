@@ -67,7 +67,9 @@ class Scheduler:
         self.engine = engine
         self.max_waiting = max_waiting
         self.stream_interval = max(0.0, stream_interval)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tooltune-engine")
+        # One worker per request the engine can decode at once (the runner's --parallel slots; 1 in-process).
+        self._executor = ThreadPoolExecutor(max_workers=max(1, int(getattr(engine, "parallel", 1))),
+                                            thread_name_prefix="tooltune-engine")
         self._counter_lock = threading.Lock()
         self.waiting = 0
         self.running = 0
