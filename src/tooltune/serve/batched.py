@@ -4,10 +4,11 @@ context, as llama.cpp's server decodes its slots and Ollama its ``OLLAMA_NUM_PAR
 Each request gets a slot: a llama.cpp sequence id (its cells in one unified KV buffer of ``N × n_ctx`` cells, each
 request bounded to ``n_ctx`` of them), its own sampler chain (penalties, top-k, top-p, temperature, seeded dist —
 and its grammar), its own stop matcher and UTF-8 decoder. One loop builds one ``llama_batch`` per step holding the
-next token of every decoding slot plus as much of new prompts as fits, calls ``llama_decode`` once, and samples
-each slot from its own logits row. New requests join between steps; finished or cancelled ones leave and free their
-cells. On a CPU the weights are read once per step for all slots instead of once per slot; how much that buys depends on the model and
-the CPU (measured in ``docs/serve.md``: small on the 135M demo model, whose per-token cost is compute, not memory).
+next token of every decoding slot plus as much of new prompts as fits, calls ``llama_decode`` once, and samples each
+slot from its own logits row. New requests join between steps; finished or cancelled ones leave and free their
+cells. On a CPU the weights are read once per step for all slots instead of once per slot; how much that buys
+depends on the model and the CPU (measured in ``docs/serve.md``: small on the 135M demo model, whose per-token cost
+is compute, not memory).
 """
 
 from __future__ import annotations
