@@ -60,12 +60,12 @@ def bench_direct(llm, texts: list[str], tokens: int) -> list[tuple[float, float,
 class Server:
     """``tooltune serve`` in its own process, as users run it: the bench's client never shares its interpreter."""
 
-    def __init__(self, model: Path, threads: int) -> None:
+    def __init__(self, model: Path, threads: int, parallel: int = 1) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         command = [sys.executable, "-m", "tooltune", "serve", str(model), "--name", "bench", "--port", str(port),
-                   "--n-ctx", "2048", "--n-threads", str(threads)]
+                   "--n-ctx", "2048", "--n-threads", str(threads), "--parallel", str(parallel)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -114,11 +114,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parallel", type=int, default=8,
+                        help="the server's --parallel for the 1/4/8-client part (the 1-client part uses 1)")
     args = parser.parse_args()
     model = args.model or default_gguf_path()
     texts = prompts(args.runs)
 
-    server = Server(model, args.threads)
+    server = Server(model, args.threads)  # --parallel 1: the single-request path, as before
     client = httpx.Client(timeout=600)
     stream_one(client, server.url, prompts(1, offset=99)[0], 8)  # warm-up both paths the same way
     llm = direct_llama(model, args.threads)
@@ -144,6 +146,11 @@ def main() -> None:
     print(f"TTFT     direct {direct_ttft:7.1f} ms      served {served_ttft:7.1f} ms      "
           f"added {added:+.1f} ms (median of per-prompt differences)")
 
+    server.close()
+
+    # Concurrency: the same server with --parallel slots, decoding concurrent requests in one batch.
+    server = Server(model, args.threads, parallel=args.parallel)
+    stream_one(client, server.url, prompts(1, offset=97)[0], 8)
     base = None
     for clients in (1, 4, 8):
         batch = prompts(clients, offset=200 + clients * 10)
@@ -157,9 +164,8 @@ def main() -> None:
         base = base or throughput
         worst_ttft = max(r[0] for r in rows) * 1000
         print(f"clients {clients}: {throughput:6.1f} tok/s total ({throughput / base:.2f}x of 1 client), "
-              f"worst TTFT {worst_ttft:.0f} ms (queued behind the others: one decode at a time)")
+              f"worst TTFT {worst_ttft:.0f} ms (--parallel {args.parallel})")
     server.close()
-
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import typer
 from rich.console import Console
 
 from tooltune.errors import TooltuneError
+from tooltune.serve.limits import RequestLimits
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434  # Ollama's port: clients and the seed's curl need no change
@@ -48,12 +50,17 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
                  chat_template: str | None = None, system: str | None = None, api_key: str | None = None,
                  n_ctx: int = 4096, n_threads: int | None = None, max_body_mb: float = 8.0,
                  max_tokens_limit: int | None = None, parameters: dict[str, Any] | None = None,
-                 stream_interval_ms: float = 50.0) -> Any:
-    """Load the engine and return the FastAPI app (the typed entry point the CLI and the pipeline call)."""
+                 stream_interval_ms: float = 50.0, limits: Any = None,
+                 wedge_seconds: float | None = None, parallel: int = 1) -> Any:
+    """Start the model runner and return the FastAPI app (the typed entry point the CLI and the pipeline call).
+
+    The model is loaded in a runner subprocess (``tooltune.serve.runner``): this process never imports native
+    inference code, and a crash there costs the requests it held a 503, not the server.
+    """
     from tooltune.default_model import default_gguf_path
-    from tooltune.engines import load_engine
     from tooltune.serve.app import create_app
     from tooltune.serve.modelfile import parse_modelfile
+    from tooltune.serve.runner_client import DEFAULT_WEDGE_SECONDS, RunnerEngine
 
     defaults: dict[str, Any] = {}
     messages: list[dict[str, Any]] = []
@@ -74,28 +81,65 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
         n_ctx = int(defaults["num_ctx"])
     defaults.update({k: v for k, v in (parameters or {}).items() if v is not None})
     model_path = Path(model) if model else default_gguf_path()
-    engine = load_engine(model_path, n_ctx=n_ctx, n_threads=n_threads,
-                         chat_template=resolve_chat_template(chat_template))
+    engine = RunnerEngine(model_path, n_ctx=n_ctx, n_threads=n_threads,
+                          chat_template=resolve_chat_template(chat_template),
+                          wedge_seconds=wedge_seconds or DEFAULT_WEDGE_SECONDS, parallel=parallel)
     served_name = name or model_path.stem
     app = create_app(engine, served_name, defaults=defaults, system=system, messages=messages, api_key=api_key,
                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_limit=max_tokens_limit,
-                     modelfile_text=modelfile_text, stream_interval=max(0.0, stream_interval_ms) / 1000)
+                     modelfile_text=modelfile_text, stream_interval=max(0.0, stream_interval_ms) / 1000,
+                     limits=limits or RequestLimits())
     return app
 
 
-def serve(model: str | None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **kwargs: Any) -> None:
+def run_server(app: Any, host: str, port: int, shutdown_seconds: float) -> None:
+    """uvicorn, stopped cleanly by SIGTERM/SIGINT with exit status 0.
+
+    On a signal uvicorn stops accepting at once, lets in-flight requests finish for up to ``shutdown_seconds``,
+    cancels the rest (each cancel stops its decode within a token), runs the lifespan shutdown (which stops the
+    runner) and returns. Stock uvicorn then re-raises the signal, so a clean stop would look like a crash (status
+    143/130) to systemd, Docker and CI; this server does not. A second SIGINT/SIGTERM stops without waiting.
+    """
+    import signal
+
     import uvicorn
 
+    stopping: list[float] = []
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit:
+                self.force_exit = True
+                return
+            stopping.append(time.perf_counter())
+            console.print(f"{signal.Signals(sig).name}: stopping (in-flight requests get up to "
+                          f"{shutdown_seconds:g} s)")
+            self.should_exit = True
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=max(0.1, shutdown_seconds))
+    Server(config).run()
+    if stopping:
+        console.print(f"stopped in {time.perf_counter() - stopping[0]:.2f} s")
+
+
+def serve(model: str | None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          shutdown_seconds: float = 3.0, **kwargs: Any) -> None:
     if not is_loopback(host):
         console.print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines"
                       + ("" if kwargs.get("api_key") else " without --api-key"))
     app = build_server(model, **kwargs)
     state = app.state.tooltune
+    engine = state.engine
     console.print(
-        f"serving [bold]{state.name}[/bold] ({state.engine.__class__.__name__}, ctx {state.engine.context_length}, "
-        f"loaded in {state.engine.load_seconds:.1f}s) on http://{host}:{port} — Ollama /api/* and OpenAI /v1/*"
+        f"serving [bold]{state.name}[/bold] ({getattr(engine, 'kind', engine.__class__.__name__)} in runner pid "
+        f"{getattr(engine, 'runner_pid', '-')}, ctx {engine.context_length}, loaded in {engine.load_seconds:.1f}s) "
+        f"on http://{host}:{port} — Ollama /api/* and OpenAI /v1/*"
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        run_server(app, host, port, shutdown_seconds)
+    finally:
+        engine.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -127,6 +171,22 @@ def register(app: typer.Typer) -> None:
         ),
         engine: str = typer.Option("auto", "--engine",
                                    help="auto (llama.cpp for .gguf, transformers for a directory) or vllm."),
+        max_schema_bytes: int = typer.Option(64 * 1024, "--max-schema-bytes", "--max_schema_bytes",
+                                             help="Largest JSON schema turned into a grammar (bytes)."),
+        max_schema_depth: int = typer.Option(32, "--max-schema-depth", "--max_schema_depth",
+                                             help="Deepest nesting of such a schema."),
+        max_schema_repeat: int = typer.Option(1000, "--max-schema-repeat", "--max_schema_repeat",
+                                              help="Largest minLength/maxLength/minItems/maxItems or regex {n,m} "
+                                                   "in such a schema (each becomes grammar rules)."),
+        max_json_depth: int = typer.Option(64, "--max-json-depth", "--max_json_depth",
+                                           help="Deepest nesting of a request body."),
+        shutdown_seconds: float = typer.Option(3.0, "--shutdown-timeout", "--shutdown_timeout",
+                                               help="On SIGTERM/SIGINT, seconds in-flight requests may take."),
+        parallel: int = typer.Option(1, "--parallel", "--num-parallel", "--num_parallel",
+                                     help="Requests decoded together in one batch (llama.cpp slots); each gets "
+                                          "--n-ctx tokens of context."),
+        runner_timeout: float = typer.Option(120.0, "--runner-timeout", "--runner_timeout",
+                                             help="A runner silent this long while holding requests is restarted."),
     ) -> None:
         if engine == "vllm":
             serve_with_vllm(model, host=host, port=port, name=name, chat_template=chat_template)
@@ -136,6 +196,9 @@ def register(app: typer.Typer) -> None:
         serve(model, host=host, port=port, name=name, modelfile=modelfile, chat_template=chat_template,
               system=system, api_key=api_key, n_ctx=n_ctx, n_threads=n_threads, max_body_mb=max_body_mb,
               max_tokens_limit=max_tokens_limit, stream_interval_ms=stream_interval_ms,
+              shutdown_seconds=shutdown_seconds, wedge_seconds=runner_timeout, parallel=max(1, parallel),
+              limits=RequestLimits(max_json_depth=max_json_depth, max_schema_bytes=max_schema_bytes,
+                                   max_schema_depth=max_schema_depth, max_schema_repeat=max_schema_repeat),
               parameters={"temperature": temperature, "top_p": top_p, "top_k": top_k,
                           "repeat_penalty": repeat_penalty})
 

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,15 +22,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tooltune.engines import Engine
 from tooltune.serve import ollama_api, openai_api, wire
+from tooltune.serve.limits import RequestLimits
 from tooltune.serve.scheduler import DEFAULT_STREAM_INTERVAL
 from tooltune.serve.state import DEFAULT_MAX_BODY_BYTES, ApiError, ServeConfig, ServerState
 
 log = logging.getLogger("tooltune.serve")
 
 
-def error_body(path: str, status: int, message: str, code: str | None = None) -> dict[str, Any]:
+def error_body(path: str, status: int, message: str, code: str | None = None,
+               param: str | None = None) -> dict[str, Any]:
     if path.startswith("/v1"):
-        return wire.openai_error(message, status, code)
+        return wire.openai_error(message, status, code, param)
     return wire.ollama_error(message)
 
 
@@ -46,6 +49,14 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
+        raw_path = scope.get("raw_path") or b""
+        if b"%" in raw_path:
+            try:  # the server decodes percent-escapes leniently (U+FFFD); a model name must be real text
+                unquote_to_bytes(raw_path.split(b"?", 1)[0]).decode("utf-8")
+            except UnicodeDecodeError:
+                await self._reject(scope, send, 400, "request path is not valid UTF-8 once percent-decoded",
+                                   "invalid_text")
+                return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.api_key and path not in ("/", ""):
             given = headers.get("authorization", "")
@@ -90,11 +101,12 @@ def create_app(engine: Engine, name: str, *, defaults: dict[str, Any] | None = N
                messages: list[dict[str, Any]] | None = None, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_tokens_limit: int | None = None,
                max_waiting: int = 64, modelfile_text: str = "",
-               stream_interval: float = DEFAULT_STREAM_INTERVAL) -> FastAPI:
+               stream_interval: float = DEFAULT_STREAM_INTERVAL, limits: RequestLimits | None = None) -> FastAPI:
     """Both APIs serving ``engine`` under the model name ``name``."""
     config = ServeConfig(name=name, defaults=dict(defaults or {}), system=system, messages=list(messages or []),
                          api_key=api_key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
-                         max_waiting=max_waiting, modelfile_text=modelfile_text, stream_interval=stream_interval)
+                         max_waiting=max_waiting, modelfile_text=modelfile_text, stream_interval=stream_interval,
+                         limits=limits or RequestLimits())
     state = ServerState(engine, config)
 
     @contextlib.asynccontextmanager
@@ -113,7 +125,8 @@ def create_app(engine: Engine, name: str, *, defaults: dict[str, Any] | None = N
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(request.url.path, exc.status, exc.message, exc.code), status_code=exc.status)
+        return JSONResponse(error_body(request.url.path, exc.status, exc.message, exc.code, exc.param),
+                            status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -12,8 +12,11 @@ Schemas become GBNF through llama-cpp-python's converter (the port of llama.cpp'
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from tooltune.conversation import ConversationError, Tool
@@ -25,10 +28,25 @@ class GrammarError(TooltuneError, ValueError):
     """A schema or tool list that cannot be turned into a grammar (a client error)."""
 
 
+@functools.cache
+def _converter() -> Any:
+    """llama-cpp-python's ``llama_grammar`` module, loaded from its file without importing the ``llama_cpp``
+    package: the package's ``__init__`` loads libllama, which the server process must never do (the model lives in
+    the runner process). The module itself is pure Python (stdlib imports only)."""
+    spec = importlib.util.find_spec("llama_cpp")  # finds the package without executing it
+    if spec is None or not spec.submodule_search_locations:
+        raise GrammarError("grammars need llama-cpp-python: pip install llama-cpp-python")
+    path = Path(next(iter(spec.submodule_search_locations))) / "llama_grammar.py"
+    module_spec = importlib.util.spec_from_file_location("tooltune._llama_grammar", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def schema_to_gbnf(schema: dict[str, Any], rule: str = "root", prop_order: list[str] | None = None) -> str:
     """GBNF for a JSON schema, with its start rule named ``rule``."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
+    json_schema_to_gbnf = _converter().json_schema_to_gbnf
     try:
         grammar = json_schema_to_gbnf(json.dumps(schema), prop_order=prop_order)
     except Exception as exc:  # the converter raises ValueError/KeyError/TypeError on schemas it cannot express

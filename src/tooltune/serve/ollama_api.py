@@ -27,12 +27,13 @@ from tooltune.toolcalls import ContentDelta, StreamingToolCallParser, ToolCallDo
 NDJSON = "application/x-ndjson"
 
 
-def _format_grammar(fmt: str | dict[str, Any] | None) -> str | None:
+def _format_grammar(state: ServerState, fmt: str | dict[str, Any] | None) -> str | None:
     if fmt is None or fmt == "":
         return None
     if fmt == "json":
         return grammars.json_object_grammar()
     if isinstance(fmt, dict):
+        state.check_schema(fmt, "format")
         try:
             return grammars.schema_to_gbnf(fmt)
         except grammars.GrammarError as exc:
@@ -62,7 +63,7 @@ def build_router(state: ServerState) -> APIRouter:
         messages = state.parse_messages(body.messages)
         tools = state.parse_tools(body.tools)
         prompt = state.render(messages, tools)
-        params = _sampling(state, body.options, _format_grammar(body.format))
+        params = _sampling(state, body.options, _format_grammar(state, body.format))
         if not body.stream:
             text, job = await state.run_to_end(request, prompt, params)
             return JSONResponse(_chat_final(state, text, tools, job, received))
@@ -77,8 +78,8 @@ def build_router(state: ServerState) -> APIRouter:
         if body.template:
             raise ApiError(400, "per-request Go 'template' is not supported: tooltune renders the model's Jinja "
                                 "chat template (use raw=true with a rendered prompt instead)")
-        if not body.prompt and not body.raw:
-            # Ollama answers an empty prompt with a "load" response: the model is ready.
+        if not body.prompt:
+            # Ollama answers an empty prompt (raw or not) with a "load" response, without running the model.
             return JSONResponse({"model": body.model, "created_at": wire.now_rfc3339(), "response": "",
                                  "done": True, "done_reason": "load"})
         if body.raw:
@@ -87,7 +88,7 @@ def build_router(state: ServerState) -> APIRouter:
             chat_messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
                 {"role": "user", "content": body.prompt}]
             prompt = state.render(state.parse_messages(chat_messages), [])
-        params = _sampling(state, body.options, _format_grammar(body.format))
+        params = _sampling(state, body.options, _format_grammar(state, body.format))
         if not body.stream:
             text, job = await state.run_to_end(request, prompt, params)
             return JSONResponse(wire.ollama_generate_final(state.name, text, _reason(job), _timings(job, received)))
@@ -203,14 +204,21 @@ def _details(state: ServerState) -> dict[str, Any]:
         "family": architecture,
         "families": [architecture] if architecture else None,
         "parameter_size": metadata.get("general.size_label", ""),
-        "quantization_level": _FILE_TYPES.get(str(file_type), str(file_type)),
+        "quantization_level": quantization_name(file_type) if file_type != "" else "",
     }
 
 
-# llama.cpp's ``general.file_type`` numbers for the types people actually ship.
-_FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "3": "Q4_1", "7": "Q8_0", "8": "Q5_0", "9": "Q5_1",
-               "10": "Q2_K", "12": "Q3_K_M", "14": "Q4_K_M", "15": "Q5_K_S", "17": "Q5_K_M", "18": "Q6_K",
-               "32": "BF16"}
+def quantization_name(file_type: Any) -> str:
+    """``general.file_type`` as Ollama names it (``Q4_K_M``), from gguf-py's own table of llama.cpp's file types."""
+    from gguf import LlamaFileType
+
+    try:
+        name = LlamaFileType(int(file_type)).name
+    except (TypeError, ValueError):
+        return str(file_type)
+    for prefix in ("MOSTLY_", "ALL_"):
+        name = name.removeprefix(prefix)
+    return name
 
 
 def _model_entry(state: ServerState) -> dict[str, Any]:

@@ -15,9 +15,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tooltune.conversation import Tool, ToolCall
-from tooltune.engines import Chunk
+from tooltune.engines import Chunk, EngineError
 from tooltune.serve import grammar as grammars
 from tooltune.serve import wire
+from tooltune.serve.runner_client import RunnerUnavailable
 from tooltune.serve.scheduler import Job
 from tooltune.serve.state import ApiError, ServerState
 from tooltune.toolcalls import ContentDelta, StreamingToolCallParser, ToolCallDone, parse_tool_calls
@@ -55,6 +56,9 @@ class ToolPlan:
             if not state.engine.supports_grammar:
                 raise ApiError(400, "tool_choice 'required' or a named function needs a GGUF model (llama.cpp "
                                     "grammar); this server runs transformers")
+            for position, tool in enumerate(self.tools):  # every schema the grammar will hold, before it is built
+                if self.forced in ("", tool.name):
+                    state.check_schema(tool.json_schema(), f"tools[{position}].function.parameters")
             try:
                 return grammars.tool_call_grammar(
                     self.tools, only=self.forced or None, parallel=self.parallel and not self.forced,
@@ -62,27 +66,35 @@ class ToolPlan:
                 )
             except grammars.GrammarError as exc:
                 raise ApiError(400, f"tools: {exc}") from exc
-        return _response_format_grammar(response_format)
+        return _response_format_grammar(state, response_format)
 
     def keep(self, calls: list[ToolCall]) -> list[ToolCall]:
         # parallel_tool_calls=false promises at most one call; the rest would be actions the client did not ask for.
         return calls if self.parallel else calls[:1]
 
 
-def _response_format_grammar(fmt: dict[str, Any] | None) -> str | None:
+def _response_format_grammar(state: ServerState, fmt: dict[str, Any] | None) -> str | None:
     if not fmt or fmt.get("type") in (None, "text"):
         return None
+    kind = fmt.get("type")
     try:
-        if fmt["type"] == "json_object":
+        if kind == "json_object":
             return grammars.json_object_grammar()
-        if fmt["type"] == "json_schema":
-            schema = (fmt.get("json_schema") or {}).get("schema")
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict):
+                raise ApiError(400, "response_format.json_schema: expected an object", "invalid_field",
+                               param="response_format.json_schema")
+            schema = spec.get("schema")
             if not isinstance(schema, dict):
-                raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object")
+                raise ApiError(400, "response_format.json_schema.schema: expected a JSON schema object",
+                               "invalid_field", param="response_format.json_schema.schema")
+            state.check_schema(schema, "response_format.json_schema.schema")
             return grammars.schema_to_gbnf(schema)
     except grammars.GrammarError as exc:
         raise ApiError(400, f"response_format: {exc}") from exc
-    raise ApiError(400, f"response_format.type {fmt['type']!r} is not one of text, json_object, json_schema")
+    raise ApiError(400, f"response_format.type {kind!r} is not one of text, json_object, json_schema",
+                   "invalid_field", param="response_format.type")
 
 
 def build_router(state: ServerState) -> APIRouter:
@@ -136,6 +148,14 @@ def _completion(state: ServerState, plan: ToolPlan, text: str, job: Job, cid: st
     return wire.openai_completion(cid, created, state.name, content, calls, finish, job.result)
 
 
+def _in_band_status(exc: Exception) -> tuple[int, str | None]:
+    if isinstance(exc, RunnerUnavailable):
+        return 503, "runner_unavailable"
+    if isinstance(exc, EngineError):
+        return 400, None
+    return 500, None
+
+
 def _sse(item: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(item, ensure_ascii=False)}\n\n".encode()
 
@@ -187,7 +207,8 @@ async def _sse_stream(state: ServerState, plan: ToolPlan, stream: AsyncIterator[
             if lines:  # the events of one batch leave in one write
                 yield b"".join(lines)
                 lines = []
-    except Exception as exc:  # headers are sent: report in-band
-        yield _sse(wire.openai_error(str(exc), 500))
+    except Exception as exc:  # headers are sent: report in-band, with the status the error would have had
+        status, code = _in_band_status(exc)
+        yield _sse(wire.openai_error(str(exc), status, code))
         yield b"data: [DONE]\n\n"
 

@@ -39,7 +39,7 @@ class QueueFullError(Exception):
 _DONE = object()
 
 
-@dataclass
+@dataclass(eq=False)  # identity: jobs are kept in a set
 class Job:
     prompt: str
     params: SamplingParams
@@ -67,12 +67,15 @@ class Scheduler:
         self.engine = engine
         self.max_waiting = max_waiting
         self.stream_interval = max(0.0, stream_interval)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tooltune-engine")
+        # One worker per request the engine can decode at once (the runner's --parallel slots; 1 in-process).
+        self._executor = ThreadPoolExecutor(max_workers=max(1, int(getattr(engine, "parallel", 1))),
+                                            thread_name_prefix="tooltune-engine")
         self._counter_lock = threading.Lock()
         self.waiting = 0
         self.running = 0
         self.completed = 0
         self.cancelled = 0
+        self._jobs: set[Job] = set()  # queued or running, for cancel_all
 
     async def batches(self, prompt: str, params: SamplingParams) -> AsyncIterator[list[Chunk | Job]]:
         """Yield the request's chunks in batches; the last batch ends with the finished ``Job`` (``result``, timing).
@@ -85,6 +88,8 @@ class Scheduler:
             self.waiting += 1
         loop = asyncio.get_running_loop()
         job = Job(prompt=prompt, params=params, loop=loop)
+        with self._counter_lock:
+            self._jobs.add(job)
         future = self._executor.submit(self._run, job)
         finished = False
         try:
@@ -124,6 +129,8 @@ class Scheduler:
                     batch.append(item)
                 yield batch
         finally:
+            with self._counter_lock:
+                self._jobs.discard(job)
             if not finished:
                 job.cancel.set()
                 future.cancel()  # never started: the executor drops it
@@ -163,23 +170,36 @@ class Scheduler:
                 return
             self.running += 1
         job.started_at = time.perf_counter()
+        final: Any = _DONE
         try:
-            with contextlib.closing(self.engine.stream(job.prompt, job.params)) as chunks:  # type: ignore[arg-type]
+            # An engine that takes the cancel flag (the runner client) stops waiting on it even before a token.
+            stream = self.engine.stream(job.prompt, job.params, cancel=job.cancel) \
+                if getattr(self.engine, "supports_cancel", False) else self.engine.stream(job.prompt, job.params)
+            with contextlib.closing(stream) as chunks:  # type: ignore[arg-type]
                 for chunk in chunks:
                     if job.cancel.is_set():
                         break
                     self._put(job, chunk)
             job.result = self.engine.last_result
-            self._put(job, _DONE)
         except BaseException as exc:  # delivered to the request's coroutine, which turns it into an HTTP error
-            self._put(job, exc)
+            final = exc
         finally:
+            # Counted before the last hand-over, so whoever sees the end also sees the counters updated.
             with self._counter_lock:
                 self.running -= 1
                 if job.cancel.is_set():
                     self.cancelled += 1
                 else:
                     self.completed += 1
+        self._put(job, final)
+
+    def cancel_all(self) -> None:
+        """Cancel every queued and running job (shutdown): each decode stops within one token."""
+        with self._counter_lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel.set()
 
     def shutdown(self) -> None:
+        self.cancel_all()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import random
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +18,10 @@ from starlette.requests import Request
 from tooltune.chat_template import ChatTemplateError
 from tooltune.conversation import ConversationError, Message, Tool
 from tooltune.engines import Chunk, Engine, EngineError, SamplingParams
+from tooltune.serve.limits import LimitError, RequestLimits, check_schema, check_text, decode_body
+from tooltune.serve.runner_client import RETRY_AFTER_SECONDS, RunnerUnavailable
 from tooltune.serve.scheduler import DEFAULT_STREAM_INTERVAL, Job, QueueFullError, Scheduler
+from tooltune.serve.validate import FieldError, parse_message
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -30,11 +32,14 @@ OLLAMA_DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_p": 0.9, "top_k": 40
 class ApiError(Exception):
     """A request the server refuses; rendered in the calling API's own error shape."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None, *, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.param = param  # the offending field, for OpenAI's error.param
+        self.headers = headers or {}
 
 
 @dataclass
@@ -49,6 +54,7 @@ class ServeConfig:
     max_waiting: int = 64
     modelfile_text: str = ""
     stream_interval: float = DEFAULT_STREAM_INTERVAL  # seconds between hand-overs of streamed tokens (0: each)
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -83,6 +89,10 @@ class ServerState:
     def check_model(self, requested: str) -> None:
         if requested in (self.name, self.tagged_name):
             return
+        try:
+            check_text(requested, "model")
+        except LimitError as exc:
+            raise ApiError(400, str(exc), "invalid_text", param="model") from exc
         raise ApiError(404, f"model '{requested}' not found (this server serves '{self.name}')", "model_not_found")
 
     # ---- requests ----
@@ -92,25 +102,33 @@ class ServerState:
         if len(body) > self.config.max_body_bytes:
             raise ApiError(413, f"request body is {len(body)} bytes; the limit is {self.config.max_body_bytes}")
         try:
-            raw = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"invalid JSON body: {exc}") from exc
+            raw = decode_body(body, self.config.limits)
+        except LimitError as exc:
+            raise ApiError(400, str(exc), "invalid_request_body") from exc
         if not isinstance(raw, dict):
             raise ApiError(400, "request body must be a JSON object")
         try:
             return model.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise ApiError(400, f"invalid request: {where}: {first['msg']}") from exc
+            where = _field_path(first["loc"]) or "body"
+            raise ApiError(400, f"{where}: {first['msg']}", "invalid_field", param=where) from exc
 
-    def parse_messages(self, raw_messages: list[dict[str, Any]]) -> list[Message]:
-        messages = []
-        for position, raw in enumerate([*self.config.messages, *raw_messages]):
+    def check_schema(self, schema: Any, where: str) -> None:
+        """Size, depth and repetition bounds, before the schema goes anywhere near llama.cpp's grammar compiler."""
+        try:
+            check_schema(schema, where, self.config.limits)
+        except LimitError as exc:
+            raise ApiError(400, str(exc), "schema_limit", param=where) from exc
+
+    def parse_messages(self, raw_messages: list[Any], field_name: str = "messages") -> list[Message]:
+        # The Modelfile's MESSAGE lines were checked when it was read; the request's are checked field by field.
+        messages = [Message.from_openai(raw) for raw in self.config.messages]
+        for position, raw in enumerate(raw_messages):
             try:
-                messages.append(Message.from_openai(raw))
-            except ConversationError as exc:
-                raise ApiError(400, f"messages[{position}]: {exc}") from exc
+                messages.append(parse_message(raw, f"{field_name}[{position}]"))
+            except FieldError as exc:
+                raise ApiError(400, str(exc), "invalid_field", param=exc.field) from exc
         if self.config.system and not any(m.role == "system" for m in messages):
             messages.insert(0, Message(role="system", content=self.config.system))
         return messages
@@ -120,6 +138,7 @@ class ServerState:
             return []
         tools = []
         for position, raw in enumerate(raw_tools):
+            _check_tool_shape(raw, f"tools[{position}]")
             try:
                 tool = Tool(raw)
                 schema = tool.json_schema()
@@ -174,9 +193,9 @@ class ServerState:
         try:
             first = await iterator.__anext__()
         except QueueFullError as exc:
-            raise ApiError(503, str(exc)) from exc
+            raise ApiError(503, str(exc), "queue_full", headers={"Retry-After": "1"}) from exc
         except EngineError as exc:
-            raise ApiError(400, str(exc)) from exc
+            raise engine_api_error(exc) from exc
         except StopAsyncIteration:  # pragma: no cover - the scheduler always ends with the Job
             raise ApiError(500, "generation produced nothing") from None
 
@@ -215,7 +234,43 @@ class ServerState:
                     raise ApiError(499, "client disconnected")
             return task.result()
         except EngineError as exc:
-            raise ApiError(400, str(exc)) from exc
+            raise engine_api_error(exc) from exc
+
+
+def engine_api_error(exc: EngineError) -> ApiError:
+    """A request the engine refused is the client's (400); a runner that died or hung is the server's (503)."""
+    if isinstance(exc, RunnerUnavailable):
+        return ApiError(503, f"{exc}; retry the request", "runner_unavailable",
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return ApiError(400, str(exc))
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """pydantic's ``("messages", 1, "content")`` as ``messages[1].content``."""
+    path = ""
+    for key in loc:
+        path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else str(key))
+    return path
+
+
+def _check_tool_shape(raw: Any, where: str) -> None:
+    """The fields a tool definition must have, each named when wrong."""
+    def fail(field: str, problem: str) -> None:
+        raise ApiError(400, f"{field}: {problem}", "invalid_field", param=field)
+
+    if not isinstance(raw, dict):
+        fail(where, "expected an object")
+    if "function" in raw:
+        if not isinstance(raw["function"], dict):
+            fail(f"{where}.function", "expected an object")
+        raw, where = raw["function"], f"{where}.function"
+    if not isinstance(raw.get("name"), str) or not raw.get("name"):
+        fail(f"{where}.name", "expected a non-empty string")
+    if raw.get("description") is not None and not isinstance(raw["description"], str):
+        fail(f"{where}.description", "expected a string")
+    parameters = raw.get("parameters")
+    if parameters is not None and not isinstance(parameters, (dict, list)):
+        fail(f"{where}.parameters", "expected a JSON schema object")
 
 
 def _first(*values: Any) -> Any:

@@ -42,8 +42,8 @@ class OllamaOptions(_Lenient):
 
 class OllamaChatRequest(_Lenient):
     model: str
-    messages: list[dict[str, Any]] = Field(default_factory=list)
-    tools: list[dict[str, Any]] | None = None
+    messages: list[Any] = Field(default_factory=list)  # each message is checked field by field (serve.validate)
+    tools: list[Any] | None = None
     stream: bool = True
     format: str | dict[str, Any] | None = None
     options: OllamaOptions | None = None
@@ -82,8 +82,8 @@ class StreamOptions(_Lenient):
 
 class OpenAIChatRequest(_Lenient):
     model: str
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None = None
+    messages: list[Any]
+    tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
     response_format: dict[str, Any] | None = None
