@@ -8,9 +8,11 @@ appended on its own. Peak memory stays near the largest tensor instead of the wh
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tooltune.atomic import atomic_path
 from tooltune.errors import TooltuneError
-from tooltune.gguf.tokenizer_meta import read_tokenizer_meta
+from tooltune.gguf.spm_vocab import SpmVocab, read_llama_hf_vocab, read_spm_vocab
+from tooltune.gguf.tokenizer_meta import TokenizerMeta, read_tokenizer_meta
 
 OUTTYPES: dict[str, gguf.LlamaFileType] = {
     "f32": gguf.LlamaFileType.ALL_F32,
@@ -56,12 +59,37 @@ class Architecture:
     undo_rotary_permute: bool
     # llama.cpp writes vocab_size and rope dimension count for llama only.
     writes_vocab_and_rope_dims: bool
+    # How the hyperparameters are written: "text" (llama.cpp's generic TextModel keys), "phi3" (Phi-3/4's own set:
+    # partial rotary, longrope factors, sliding window) or "gemma3" (generic keys plus Gemma 3's defaults and
+    # sliding-window / local RoPE keys).
+    hparams_style: str = "text"
+    # Gemma stores RMSNorm weights as (w - 1) and multiplies by (1 + w); llama.cpp multiplies by w, so 1 is added.
+    norm_shift: float = 0.0
+    # Checkpoint tensors llama.cpp never reads (Gemma 3 always reuses the embedding as output head).
+    ignored_tensors: tuple[str, ...] = ()
+    # Writes a SentencePiece vocab when the model folder has tokenizer.model (llama.cpp's choice per model class).
+    spm_when_present: bool = False
 
+
+# The classes llama.cpp derives from its LlamaModel: they share its vocab handling, llama3 RoPE factors and the
+# 49152-vocab BOS rule.
+_LLAMA_MODEL_ARCHS = (gguf.MODEL_ARCH.LLAMA, gguf.MODEL_ARCH.SMOLLM3)
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "LlamaForCausalLM": Architecture("LlamaForCausalLM", gguf.MODEL_ARCH.LLAMA, True, True),
-    "Qwen2ForCausalLM": Architecture("Qwen2ForCausalLM", gguf.MODEL_ARCH.QWEN2, False, False),
-    "Qwen3ForCausalLM": Architecture("Qwen3ForCausalLM", gguf.MODEL_ARCH.QWEN3, False, False),
+    "LlamaForCausalLM": Architecture("LlamaForCausalLM", gguf.MODEL_ARCH.LLAMA, True, True, spm_when_present=True),
+    # Mistral 7B v0.3 is a Llama to llama.cpp (same tensors, sliding window unused since v0.2).
+    "MistralForCausalLM": Architecture("MistralForCausalLM", gguf.MODEL_ARCH.LLAMA, True, True,
+                                       spm_when_present=True),
+    # SmolLM3 skips RoPE on every 4th layer; llama.cpp hard-codes that pattern, nothing is written for it.
+    "SmolLM3ForCausalLM": Architecture("SmolLM3ForCausalLM", gguf.MODEL_ARCH.SMOLLM3, True, True,
+                                       spm_when_present=True),
+    "Qwen2ForCausalLM": Architecture("Qwen2ForCausalLM", gguf.MODEL_ARCH.QWEN2, False, False, spm_when_present=True),
+    "Qwen3ForCausalLM": Architecture("Qwen3ForCausalLM", gguf.MODEL_ARCH.QWEN3, False, False, spm_when_present=True),
+    # Phi-3/Phi-4-mini: fused qkv_proj and gate_up_proj are kept fused (llama.cpp splits them at load time).
+    "Phi3ForCausalLM": Architecture("Phi3ForCausalLM", gguf.MODEL_ARCH.PHI3, False, False, hparams_style="phi3"),
+    "Gemma3ForCausalLM": Architecture("Gemma3ForCausalLM", gguf.MODEL_ARCH.GEMMA3, False, False,
+                                      hparams_style="gemma3", norm_shift=1.0, ignored_tensors=("lm_head.weight",),
+                                      spm_when_present=True),
 }
 
 
@@ -97,10 +125,16 @@ class PlannedTensor:
     qtype: gguf.GGMLQuantizationType
     permute_heads: int | None = None
     computed: np.ndarray | None = None
+    shift: float = 0.0  # added to every weight (Gemma's 1 + w norms), in the checkpoint's own precision like llama.cpp
+    max_rows: int | None = None  # keep only the first rows (an embedding larger than the tokenizer's vocab)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.source.shape if self.source is not None else tuple(self.computed.shape)  # type: ignore[union-attr]
+        if self.source is None:
+            return tuple(self.computed.shape)  # type: ignore[union-attr]
+        if self.max_rows is not None and self.max_rows < self.source.shape[0]:
+            return (self.max_rows, *self.source.shape[1:])
+        return self.source.shape
 
     def nbytes(self) -> int:
         if self.qtype in (gguf.GGMLQuantizationType.F32,):
@@ -112,6 +146,10 @@ class PlannedTensor:
         array = self.computed if self.computed is not None else self.source.load()  # type: ignore[union-attr]
         if array.dtype not in (np.float16, np.float32):
             array = array.astype(np.float32)
+        if self.max_rows is not None:
+            array = array[: self.max_rows]
+        if self.shift:
+            array = array + array.dtype.type(self.shift)
         if self.permute_heads is not None:
             array = permute_for_llama_cpp(array, self.permute_heads)
         return gguf.quants.quantize(array, self.qtype)
@@ -215,14 +253,41 @@ def _tensor_type(gguf_name: str, shape: tuple[int, ...], file_type: gguf.LlamaFi
     return qtype
 
 
-def _rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+def _first_key(config: dict[str, Any], *keys: str) -> Any:
+    return next((config[k] for k in keys if config.get(k) is not None), None)
+
+
+def _raw_rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's RoPE block with the top-level keys mirrored into it, as llama.cpp's TextModel reads them."""
     params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
-    params = dict(params.get("full_attention", params))
-    if "rope_theta" not in params and config.get("rope_theta") is not None:
-        params["rope_theta"] = config["rope_theta"]
-    if "rope_type" not in params and params.get("type") is not None:
-        params["rope_type"] = params["type"]
+    if "full_attention" in params or "sliding_attention" in params:
+        return params
+    local_theta = _first_key(config, "local_rope_theta", "rope_local_theta", "rope_theta_local", "swa_rope_theta",
+                             "rope_local_base_freq")
+    if local_theta is not None:
+        params["sliding_attention"] = {"rope_theta": local_theta}
+    mirrored = {
+        "rope_theta": _first_key(config, "global_rope_theta", "rope_global_theta", "rope_theta_global", "rope_theta",
+                                 "rotary_emb_base"),
+        "rope_type": params.get("type"),
+        "partial_rotary_factor": _first_key(config, "partial_rotary_factor", "rope_pct", "rope_percent"),
+        "original_max_position_embeddings": config.get("original_max_position_embeddings"),
+    }
+    for key, value in mirrored.items():
+        if key not in params and value is not None:
+            params[key] = value
     return params
+
+
+def _rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """RoPE settings of the full-attention layers."""
+    params = _raw_rope_parameters(config)
+    return dict(params.get("full_attention", params))
+
+
+def _sliding_rope_theta(config: dict[str, Any]) -> float | None:
+    """RoPE base of the sliding-window layers (Gemma 3's local layers), when the config has one."""
+    return (_raw_rope_parameters(config).get("sliding_attention") or {}).get("rope_theta")
 
 
 def _llama3_rope_factors(config: dict[str, Any], rope: dict[str, Any]) -> np.ndarray:
@@ -246,9 +311,36 @@ def _llama3_rope_factors(config: dict[str, Any], rope: dict[str, Any]) -> np.nda
     return np.asarray(factors, dtype=np.float32)
 
 
+def _phi3_rope_factors(config: dict[str, Any], rope: dict[str, Any]) -> list[PlannedTensor]:
+    """Phi-3/4 longrope: the per-frequency long and short context factors, as llama.cpp stores them."""
+    long_factors, short_factors = rope.get("long_factor"), rope.get("short_factor")
+    if not long_factors:
+        return []
+    if short_factors is None or len(long_factors) != len(short_factors) or len(long_factors) * 2 != _phi3_rope_dims(
+            config, rope):
+        raise ConvertError(f"rope long_factor/short_factor must both have {_phi3_rope_dims(config, rope) // 2} values "
+                           f"(got {len(long_factors)} and {len(short_factors or [])})")
+    f32 = gguf.GGMLQuantizationType.F32
+    return [
+        PlannedTensor(None, gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", f32,
+                      computed=np.asarray(long_factors, dtype=np.float32)),
+        PlannedTensor(None, gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", f32,
+                      computed=np.asarray(short_factors, dtype=np.float32)),
+    ]
+
+
+def _phi3_rope_dims(config: dict[str, Any], rope: dict[str, Any]) -> int:
+    return int(rope.get("partial_rotary_factor", 1.0) * config["hidden_size"]) // config["num_attention_heads"]
+
+
 def plan_tensors(
-    arch: Architecture, config: dict[str, Any], sources: list[SourceTensor], file_type: gguf.LlamaFileType
+    arch: Architecture,
+    config: dict[str, Any],
+    sources: list[SourceTensor],
+    file_type: gguf.LlamaFileType,
+    embedding_rows: int | None = None,
 ) -> list[PlannedTensor]:
+    """What llama.cpp's converter writes for ``sources``; ``embedding_rows`` trims the token embedding (Gemma 3)."""
     n_layers = config["num_hidden_layers"]
     name_map = gguf.get_tensor_name_map(arch.gguf_arch, n_layers)
     n_head = config["num_attention_heads"]
@@ -256,13 +348,15 @@ def plan_tensors(
     planned: list[PlannedTensor] = []
 
     rope = _rope_parameters(config)
-    if arch.gguf_arch == gguf.MODEL_ARCH.LLAMA and str(rope.get("rope_type", "")).lower() == "llama3":
+    if arch.gguf_arch in _LLAMA_MODEL_ARCHS and str(rope.get("rope_type", "")).lower() == "llama3":
         factors = _llama3_rope_factors(config, rope)
         name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         planned.append(PlannedTensor(None, name, gguf.GGMLQuantizationType.F32, computed=factors))
+    if arch.hparams_style == "phi3":
+        planned.extend(_phi3_rope_factors(config, rope))
 
     for source in sources:
-        if source.name.endswith(_SKIPPED_SUFFIXES):
+        if source.name.endswith(_SKIPPED_SUFFIXES) or source.name in arch.ignored_tensors:
             continue
         gguf_name = name_map.get_name(source.name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
@@ -273,16 +367,40 @@ def plan_tensors(
                 permute_heads = n_head
             elif source.name.endswith(("k_proj.weight", "k_proj.bias")):
                 permute_heads = n_head_kv
-        qtype = _tensor_type(gguf_name, source.shape, file_type)
-        planned.append(PlannedTensor(source, gguf_name, qtype, permute_heads))
+        shift = arch.norm_shift if source.name.endswith("norm.weight") else 0.0
+        max_rows = embedding_rows if source.name.endswith("embed_tokens.weight") else None
+        planned_tensor = PlannedTensor(source, gguf_name, gguf.GGMLQuantizationType.F32, permute_heads,
+                                       shift=shift, max_rows=max_rows)
+        planned_tensor.qtype = _tensor_type(gguf_name, planned_tensor.shape, file_type)
+        planned.append(planned_tensor)
     return planned
 
 
 def write_hparams(
     writer: gguf.GGUFWriter, arch: Architecture, config: dict[str, Any], file_type: gguf.LlamaFileType
 ) -> None:
+    if arch.hparams_style == "phi3":
+        _write_phi3_hparams(writer, config, file_type)
+        return
+    _write_text_hparams(writer, arch, config, file_type)
+    if arch.hparams_style == "gemma3":
+        # Gemma 3 replaces some generic values on purpose (as llama.cpp's Gemma3Model does); gguf-py would warn
+        # about each replaced key.
+        writer_log = logging.getLogger("gguf.gguf_writer")
+        level = writer_log.level
+        writer_log.setLevel(logging.ERROR)
+        try:
+            _write_gemma3_hparams(writer, config)
+        finally:
+            writer_log.setLevel(level)
+
+
+def _write_text_hparams(
+    writer: gguf.GGUFWriter, arch: Architecture, config: dict[str, Any], file_type: gguf.LlamaFileType
+) -> None:
+    """The keys llama.cpp's generic TextModel writes (llama, qwen2/3, smollm3, and the base of gemma3)."""
     def first(*keys: str) -> Any:
-        return next((config[k] for k in keys if config.get(k) is not None), None)
+        return _first_key(config, *keys)
 
     writer.add_block_count(config["num_hidden_layers"])
     if (n_ctx := first("max_position_embeddings", "n_ctx", "n_positions", "max_length")) is not None:
@@ -312,9 +430,11 @@ def write_hparams(
         if (value := rope.get("beta_slow")) is not None:
             writer.add_rope_scaling_yarn_beta_slow(value)
     elif rope_type not in (None, "default", "llama3"):
-        raise ConvertError(f"rope type {rope_type!r} is not supported by tooltune gguf")
+        raise ConvertError(f"rope type {rope_type!r} is not supported by tooltune gguf for {arch.hf_name}")
     if (theta := rope.get("rope_theta")) is not None:
         writer.add_rope_freq_base(theta)
+    if (theta_swa := _sliding_rope_theta(config)) is not None:
+        writer.add_rope_freq_base_swa(theta_swa)
     if (eps := first("rms_norm_eps", "norm_eps")) is not None:
         writer.add_layer_norm_rms_eps(eps)
     if (head_dim := config.get("head_dim")) is not None:
@@ -326,6 +446,54 @@ def write_hparams(
         writer.add_vocab_size(config["vocab_size"])
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
         writer.add_rope_dimension_count(head_dim)
+
+
+def _write_gemma3_hparams(writer: gguf.GGUFWriter, config: dict[str, Any]) -> None:
+    """Gemma 3 on top of the generic keys: its defaults for keys a config may omit, and the sliding window."""
+    if config.get("attn_logit_softcapping") is not None:
+        raise ConvertError("Gemma 3 has no attention logit softcapping; this config sets attn_logit_softcapping")
+    writer.add_context_length(config.get("max_position_embeddings", 131072))
+    writer.add_head_count(config.get("num_attention_heads", 8))
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    writer.add_key_length(config.get("head_dim", 256))
+    writer.add_value_length(config.get("head_dim", 256))
+    writer.add_rope_freq_base(_rope_parameters(config).get("rope_theta", 1_000_000.0))
+    if softcap := config.get("final_logit_softcapping"):
+        writer.add_final_logit_softcapping(softcap)
+    if config.get("sliding_window_pattern") != 1:
+        writer.add_sliding_window(config["sliding_window"])
+    writer.add_head_count_kv(config.get("num_key_value_heads", 4))
+
+
+def _write_phi3_hparams(writer: gguf.GGUFWriter, config: dict[str, Any], file_type: gguf.LlamaFileType) -> None:
+    """Phi-3 / Phi-4-mini: partial rotary dimensions, the original context of longrope and a sliding window (0 when
+    the model has none, which is how llama.cpp tells Phi-4 from Phi-3)."""
+    rope = _rope_parameters(config)
+    if "original_max_position_embeddings" not in rope:
+        raise ConvertError("Phi-3 config has no original_max_position_embeddings (needed for its RoPE scaling)")
+    n_ctx = _first_key(config, "n_positions", "max_position_embeddings")
+    writer.add_context_length(n_ctx)
+    writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_dimension_count(_phi3_rope_dims(config, rope))
+    writer.add_rope_freq_base(rope["rope_theta"])
+    writer.add_file_type(file_type)
+    writer.add_sliding_window(config.get("sliding_window") or 0)
+    if rope.get("long_factor"):
+        scale = n_ctx / rope["original_max_position_embeddings"]
+        rope_type = str(rope.get("rope_type", "")).lower()
+        if rope_type in ("su", "longrope"):
+            attn_factor = math.sqrt(1 + math.log(scale) / math.log(rope["original_max_position_embeddings"]))
+        elif rope_type == "yarn":
+            attn_factor = 0.1 * math.log(scale) + 1.0
+        else:
+            raise ConvertError(f"Phi-3 rope type {rope_type!r} is not supported (longrope, su or yarn)")
+        writer.add_rope_scaling_attn_factors(attn_factor if scale > 1.0 else 1.0)
 
 
 def _write_general_metadata(writer: gguf.GGUFWriter, model_dir: Path, model_name: str | None) -> None:
@@ -377,8 +545,9 @@ def convert(
     file_type = OUTTYPES[outtype]
     if file_type == gguf.LlamaFileType.GUESSED:
         file_type = _guess_file_type(sources)
-    planned = plan_tensors(arch, config, sources, file_type)
-    tokenizer = read_tokenizer_meta(model_dir, config["vocab_size"], config, chat_template, tokenizer_pre)
+    _check_no_rope_layers(arch, config, model_dir / "config.json")
+    vocab = _read_vocab(arch, model_dir, config, chat_template, tokenizer_pre)
+    planned = plan_tensors(arch, config, sources, file_type, _embedding_rows(arch, model_dir, vocab))
 
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch.gguf_arch])
     for tensor in planned:
@@ -394,13 +563,15 @@ def convert(
     _write_general_metadata(writer, model_dir, model_name)
     write_hparams(writer, arch, config, file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if arch.gguf_arch == gguf.MODEL_ARCH.LLAMA and tokenizer.add_space_prefix is not None:
-        writer.add_add_space_prefix(tokenizer.add_space_prefix)
-    bos_off = arch.gguf_arch == gguf.MODEL_ARCH.LLAMA and config["vocab_size"] == 49152
-    if bos_off and "bos" in tokenizer.add_special:
-        tokenizer.add_special["bos"] = False
-    tokenizer.write(writer)
-    if bos_off and "bos" not in tokenizer.add_special:
+    if arch.gguf_arch in _LLAMA_MODEL_ARCHS and vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+    elif arch.gguf_arch == gguf.MODEL_ARCH.GEMMA3 and isinstance(vocab, SpmVocab):
+        writer.add_add_space_prefix(False)  # Gemma's SentencePiece model adds no dummy prefix
+    bos_off = arch.gguf_arch in _LLAMA_MODEL_ARCHS and config["vocab_size"] == 49152
+    if bos_off and "bos" in vocab.add_special:
+        vocab.add_special["bos"] = False
+    vocab.write(writer)
+    if bos_off and "bos" not in vocab.add_special:
         # llama.cpp's converter turns BOS off for every 49152-token llama vocab (SmolLM/Granite); match it so our
         # file tokenizes exactly like theirs.
         writer.add_add_bos_token(False)
@@ -423,6 +594,54 @@ def convert(
                          time.perf_counter() - start)
 
 
+def _check_no_rope_layers(arch: Architecture, config: dict[str, Any], config_path: Path) -> None:
+    """SmolLM3 lists which layers use RoPE; llama.cpp cannot store that list and assumes every 4th layer skips it.
+    A config that says otherwise would convert into a model that computes something else, so refuse it."""
+    if arch.gguf_arch != gguf.MODEL_ARCH.SMOLLM3 or config.get("no_rope_layers") is None:
+        return
+    expected = [int((i + 1) % 4 != 0) for i in range(config["num_hidden_layers"])]
+    if list(config["no_rope_layers"]) != expected:
+        raise ConvertError(f"{config_path}: no_rope_layers {config['no_rope_layers']} differs from llama.cpp's fixed "
+                           f"SmolLM3 pattern (no RoPE on every 4th layer: {expected})")
+
+
+def _read_vocab(
+    arch: Architecture, model_dir: Path, config: dict[str, Any], chat_template: str | None, tokenizer_pre: str | None
+) -> TokenizerMeta | SpmVocab:
+    """The tokenizer llama.cpp's converter would write for this model class: SentencePiece when the folder has
+    tokenizer.model and the class reads it, byte-level BPE (tokenizer.json) otherwise."""
+    if arch.spm_when_present and (model_dir / "tokenizer.model").is_file():
+        return read_spm_vocab(model_dir, config.get("vocab_size"), chat_template)
+    if arch.gguf_arch in _LLAMA_MODEL_ARCHS and _is_sentencepiece_bpe(model_dir / "tokenizer.json"):
+        # What save_pretrained leaves of a Mistral / Llama 2 tokenizer: tokenizer.json only.
+        warnings.warn(
+            f"{model_dir}: no tokenizer.model; the vocabulary is rebuilt from tokenizer.json as llama.cpp's converter "
+            f"does, and llama.cpp then splits runs of spaces differently from the Hugging Face tokenizer. Copy "
+            f"tokenizer.model from the base model into this folder for exact tokenization", UserWarning, stacklevel=3)
+        return read_llama_hf_vocab(model_dir, chat_template)
+    return read_tokenizer_meta(model_dir, config["vocab_size"], config, chat_template, tokenizer_pre)
+
+
+def _is_sentencepiece_bpe(tokenizer_file: Path) -> bool:
+    if not tokenizer_file.is_file():
+        return False
+    try:
+        model = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("model", {})
+    except json.JSONDecodeError:
+        return False  # read_tokenizer_meta names the broken file
+    return model.get("type") == "BPE" and bool(model.get("byte_fallback"))
+
+
+def _embedding_rows(arch: Architecture, model_dir: Path, vocab: TokenizerMeta | SpmVocab) -> int | None:
+    """Gemma 3 drops embedding rows past the tokenizer's vocab (multimodal checkpoints carry extra image rows)."""
+    if arch.gguf_arch != gguf.MODEL_ARCH.GEMMA3:
+        return None
+    if isinstance(vocab, SpmVocab):
+        return len(vocab.tokens)
+    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    return len(tokenizer_json["model"]["vocab"]) + len(tokenizer_json.get("added_tokens", []))
+
+
 def make_readable(path: Path) -> None:
     """Give a finished temp file the permissions a plain ``open()`` would have (mkstemp makes it owner-only), so
     that a server running as another user (Ollama) can read the model."""
@@ -432,7 +651,7 @@ def make_readable(path: Path) -> None:
 
 
 def convert_to_gguf(model_dir: str | Path, outfile: str | Path, outtype: str = "f16", **kwargs: Any) -> Path:
-    """Convert a Llama/Qwen2/Qwen3 Hugging Face checkpoint to GGUF and return the written path."""
+    """Convert a Hugging Face checkpoint (one of ``ARCHITECTURES``) to GGUF and return the written path."""
     return convert(model_dir, outfile, outtype, **kwargs).path
 
 

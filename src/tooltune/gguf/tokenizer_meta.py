@@ -29,7 +29,8 @@ CHECK_TEXT = (
 )
 
 # sha256(str(token ids of CHECK_TEXT)) -> llama.cpp pre-tokenizer name, for the families of the architectures we
-# convert (Llama 3.x / SmolLM / Qwen2 / Qwen2.5 / Qwen3 / their distills). Facts read from llama.cpp 0.3.36's tables.
+# convert (Llama 3.x / SmolLM2/3 / Qwen2 / Qwen2.5 / Qwen3 / Phi-4-mini / their distills). Facts read from
+# llama.cpp 0.3.36's tables.
 KNOWN_PRE_TOKENIZERS: dict[str, str] = {
     "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
     "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
@@ -40,6 +41,8 @@ KNOWN_PRE_TOKENIZERS: dict[str, str] = {
     "d353350c764d8c3b39c763113960e4fb4919bea5fbf208a0e3b22e8469dc7406": "llama4",
     "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+    # o200k_base (GPT-4o's split), the base of Phi-4-mini's vocabulary.
+    "ccc2ef013c104be7bae2965776d611e1d7a8a2a9c547dd93a682c9a9fc80352e": "gpt-4o",
 }
 
 # Newer llama.cpp keys that the gguf release on PyPI has no constants for yet.
@@ -70,7 +73,7 @@ def identify_pre_tokenizer(tokenizer: Any, model_dir: Path) -> str:
     return name
 
 
-def _looks_like_control(token: str) -> bool:
+def looks_like_control(token: str) -> bool:
     # Some checkpoints mark control tokens as non-special; llama.cpp treats these spellings as control regardless.
     return (
         token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
@@ -141,7 +144,7 @@ def _vocab_and_types(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[i
             if not added[token_id].normalized:
                 ids = tokenizer.encode(token, add_special_tokens=False).ids
                 token = tokenizer.decode(ids, skip_special_tokens=False)
-            if added[token_id].special or _looks_like_control(token):
+            if added[token_id].special or looks_like_control(token):
                 types.append(gguf.TokenType.CONTROL)
             else:
                 token = token.replace("\u2581", " ")
@@ -202,7 +205,36 @@ def _add_special_from_post_processor(post_processor: dict[str, Any] | None, conf
                     add["bos"] = first == bos or first == config.get("cls_token")
                 if last:
                     add["eos"] = last == eos
+                if (sep := _adds_separator(processor.get("pair", []), first, last, config)) is not None:
+                    add["sep"] = sep
     return add
+
+
+def _special_id(piece: dict[str, Any]) -> str | None:
+    return piece.get("SpecialToken", {}).get("id")
+
+
+def _adds_separator(pair: list[dict[str, Any]], first: str | None, last: str | None,
+                    config: dict[str, Any]) -> bool | None:
+    """Whether a pair template puts a separator (sep or eos token) between A and B, as llama.cpp reads it: None when
+    the template has nothing between A and B to judge."""
+    start = 1 if first and pair and _special_id(pair[0]) == first else 0
+    stop = -1 if last and pair and _special_id(pair[-1]) == last else None
+    pair = pair[start:stop]
+    if not pair or pair[0].get("Sequence", {}).get("id") != "A" or pair[-1].get("Sequence", {}).get("id") != "B":
+        return None
+    middle = pair[1:-1]
+    if not middle:
+        return None
+    sep_or_eos = {_content(config.get("sep_token")), _content(config.get("eos_token"))} - {None}
+    adds = _special_id(middle[0]) in sep_or_eos and not last
+    if len(middle) == 2 and _special_id(middle[1]) in sep_or_eos:
+        adds = True
+    return adds
+
+
+def _content(entry: Any) -> str | None:
+    return entry.get("content") if isinstance(entry, dict) else entry
 
 
 def _chat_template(model_dir: Path, config: dict[str, Any]) -> str | None:
