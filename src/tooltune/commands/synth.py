@@ -30,6 +30,7 @@ def run_synth(
     concurrency: int = 4,
     cache: Path | None = None,
     structured: str = "auto",
+    teacher_max_tokens: int = 256,
     max_samples: int | None = None,
 ) -> None:
     from rich.console import Console
@@ -53,10 +54,11 @@ def run_synth(
         if not teacher_url or not teacher_model:
             raise SynthError("--generator teacher needs --teacher-url (OpenAI-compatible base URL) and --teacher-model")
         config = TeacherConfig(base_url=teacher_url, model=teacher_model, api_key_env=api_key_env,
-                               concurrency=concurrency, cache_dir=cache or out / "teacher_cache", structured=structured)
+                               concurrency=concurrency, cache_dir=cache or out / "teacher_cache", structured=structured,
+                               max_tokens=teacher_max_tokens)
         teacher = TeacherGenerator(spec, offline, config, console=console)
         records = teacher.generate_all(plan.items)
-        result = synthesize(spec, plan, generate=lambda item: records[item.key], offline=offline)
+        result = synthesize(spec, plan, generate=teacher.as_generate(records), offline=offline)
         console.print(teacher.summary(), highlight=False, markup=False)
     else:
         raise SynthError(f"--generator {generator!r}: expected offline or teacher")
@@ -87,10 +89,12 @@ def register(app: typer.Typer) -> None:
         cache: Path | None = typer.Option(None, "--cache", help="Teacher cache folder (default OUT/teacher_cache)."),
         structured: str = typer.Option("auto", "--structured",
                                        help="auto | json_schema | json_object | off: how to ask for JSON."),
+        teacher_max_tokens: int = typer.Option(256, "--teacher-max-tokens", "--teacher_max_tokens",
+                                               help="Tokens per teacher answer."),
         max_samples: int | None = typer.Option(None, "--max_samples", "--max-samples",
                                                help="Only the first N plan items."),
     ) -> None:
         run_synth(spec, out, languages=languages, name=name, seed=seed, test_size=test_size, grounding=grounding,
                   generator=generator, teacher_url=teacher_url, teacher_model=teacher_model,
                   api_key_env=api_key_env, concurrency=concurrency, cache=cache, structured=structured,
-                  max_samples=max_samples)
+                  teacher_max_tokens=teacher_max_tokens, max_samples=max_samples)
