@@ -86,11 +86,11 @@ def synthesize(spec: SynthSpec, plan: Plan, generate: Generate | None = None,
         except (GenerationGap, SynthError) as exc:
             rejected.append(Rejected(item, Rejection("generation", str(exc)), None))
             continue
-        problem = verifier.check(record)
+        # Near-duplicates of a kept sample are dropped before the (dearer) verification; a copy of a rejected sample
+        # is verified and rejected for its own reason.
+        key = dedup_key(record)
+        problem = Rejection("duplicate", "same turns as an earlier sample") if key in seen else verifier.check(record)
         if problem is None:
-            key = dedup_key(record)
-            if key in seen:
-                problem = Rejection("duplicate", "same turns as an earlier sample")
             seen.add(key)
         if problem is not None:
             rejected.append(Rejected(item, problem, record))

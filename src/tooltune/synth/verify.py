@@ -9,7 +9,6 @@ is rejected with one of the reasons below and its detail; nothing is dropped wit
 from __future__ import annotations
 
 import json
-import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +48,7 @@ class Verifier:
         self.enums = {t.name: {arg: set(map(str, p.get("enum", []))) for arg, p in t.schema["properties"].items()}
                       for t in spec.tools}
         self.grounding = spec.grounding
+        self._valid: set[tuple[str, str]] = set()  # argument sets already found valid (generators repeat them)
 
     def check(self, record: dict[str, Any]) -> Rejection | None:
         turns = record.get("conversations")
@@ -86,7 +86,13 @@ class Verifier:
             if validator is None:
                 return Rejection("unknown_tool",
                                  f"turn {position}: {name!r} is not one of {', '.join(self.validators)}")
-            errors = sorted(validator.iter_errors(arguments), key=lambda e: (list(e.path), e.validator))
+            verdict_key = (name, json.dumps(arguments, sort_keys=True))
+            if verdict_key in self._valid:
+                errors = []
+            else:
+                errors = sorted(validator.iter_errors(arguments), key=lambda e: (list(e.path), e.validator))
+                if not errors:
+                    self._valid.add(verdict_key)
             if errors:
                 error = errors[0]
                 where = "/".join(str(p) for p in error.path) or "arguments"
@@ -101,13 +107,18 @@ class Verifier:
         return None
 
 
-_NOISE = re.compile(r"\s+")
+def _noise_table() -> dict[int, None]:
+    """Every whitespace, punctuation and symbol character of the Basic Multilingual Plane, to delete in one pass."""
+    return {code: None for code in range(0x10000)
+            if unicodedata.category(chr(code))[0] in "PSZ" or chr(code).isspace()}
+
+
+_NOISE = _noise_table()
 
 
 def normalise(text: str) -> str:
     """Lower case, no whitespace, no punctuation or symbols: what makes two utterances near-duplicates."""
-    text = _NOISE.sub("", text.lower())
-    return "".join(ch for ch in text if not unicodedata.category(ch).startswith(("P", "S")))
+    return text.lower().translate(_NOISE)
 
 
 def dedup_key(record: dict[str, Any]) -> str:
