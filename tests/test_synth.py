@@ -213,3 +213,38 @@ def test_cli_writes_dataset_plan_and_report(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     for line in (out / "rejected.jsonl").read_text(encoding="utf-8").splitlines():
         assert json.loads(line)["reason"] in REASONS
+
+
+def test_distractors_offer_called_tools_fallback_and_n_others() -> None:
+    spec = load_spec(SEED_SPEC, {"distractors": 1, "languages": ["zh"]})
+    plan, offline = prepare(spec)
+    result = synthesize(spec, plan, offline=offline)
+    for sample in result.train + result.test:
+        offered = {t["name"] for t in json.loads(sample.record["tools"])}
+        called = {c["name"] for t in sample.turns if t["from"] == "function_call"
+                  for c in (lambda v: v if isinstance(v, list) else [v])(json.loads(t["value"]))}
+        assert called | {"DirectLLMCommunityAiUser"} <= offered
+        assert len(offered) == len(called | {"DirectLLMCommunityAiUser"}) + 1
+    # a call to a tool the sample does not offer is rejected, even though the spec has it
+    record = dict(result.train[0].record)
+    record["tools"] = json.dumps([t for t in spec.raw_tools if t["name"] == "WeatherApi"], ensure_ascii=False)
+    record["conversations"] = [{"from": "human", "value": "讲个笑话吧"}, {"from": "function_call", "value": json.dumps(
+        {"name": "DirectLLMCommunityAiUser", "arguments": {"question": "讲个笑话吧"}}, ensure_ascii=False)}]
+    assert Verifier(spec).check(record).reason == "unknown_tool"
+
+
+def test_pipeline_synth_block_fills_the_dataset(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from tooltune.commands.demo import _pop_example, demo_config_path
+    from tooltune.pipeline.config import load_pipeline_config
+    from tooltune.synth.pipeline import apply_synth
+
+    config = load_pipeline_config([str(demo_config_path("seed-tools")), "--run_dir", str(tmp_path / "run")])
+    assert config.pipeline.synth["spec"].endswith("synth.yaml") and not config.data.dataset
+    apply_synth(config, Console(quiet=True))
+    assert config.data.dataset == "seed_tools" and config.pipeline.eval_dataset == "seed_tools_test"
+    assert Path(config.data.dataset_dir) == tmp_path / "run" / "synth"
+    assert (tmp_path / "run" / "synth" / "seed_tools_test.json").is_file()
+    argv = ["--example", "seed-tools", "--max_steps", "2"]
+    assert _pop_example(argv) == "seed-tools" and argv == ["--max_steps", "2"]

@@ -42,17 +42,36 @@ class OfflineGenerator:
     def generate(self, item: PlanItem) -> Sample:
         if item.pattern == "example":
             record = dict(self.spec.examples[item.index])
-            record.setdefault("tools", self.tools_json)
+            if self.spec.distractors is not None or "tools" not in record:  # offered like the generated samples
+                rng = random.Random(f"{self.spec.seed}:{item.key}")
+                record["tools"] = self._tools_for(record["conversations"], rng)
             if self.spec.system:
                 record.setdefault("system", self.spec.system)
             return Sample(item, record)
         rng = random.Random(f"{self.spec.seed}:{item.key}")
         build = {"single": self._single, "result": self._result, "clarify": self._clarify,
                  "parallel": self._parallel, "no_call": self._no_call}[item.pattern]
-        record: dict[str, Any] = {"conversations": build(item, rng), "tools": self.tools_json}
+        turns = build(item, rng)
+        record: dict[str, Any] = {"conversations": turns, "tools": self._tools_for(turns, rng)}
         if self.spec.system:
             record["system"] = self.spec.system
         return Sample(item, record)
+
+    def _tools_for(self, turns: list[dict[str, str]], rng: random.Random) -> str:
+        """The tools offered in this sample: all of them, or the called ones + fallback + N drawn distractors."""
+        if self.spec.distractors is None:
+            return self.tools_json
+        called = set()
+        for turn in turns:
+            if turn["from"] == "function_call":
+                calls = json.loads(turn["value"])
+                called |= {c["name"] for c in (calls if isinstance(calls, list) else [calls])}
+        if self.spec.fallback_tool:
+            called.add(self.spec.fallback_tool)
+        others = [t.name for t in self.spec.tools if t.name not in called]
+        called |= set(rng.sample(others, min(self.spec.distractors, len(others))))
+        offered = [raw for raw, tool in zip(self.spec.raw_tools, self.spec.tools, strict=True) if tool.name in called]
+        return json.dumps(offered, ensure_ascii=False)
 
     # ---- arguments and utterances
 

@@ -17,6 +17,7 @@ A spec is a YAML/JSON mapping (every key optional except ``tools``)::
     no_call: {zh: [...], en: [...]}   # chit-chat / requests no tool serves
     counts: {single: 8, clarify: 3, result: 3, parallel: 2, no_call: 10}
     grounding: strict              # strict | off  (string arguments must appear in a user turn unless enum values)
+    distractors: 1                 # offer the called tools + fallback + 1 other per sample (absent: every tool)
     test_size: 0.15
     seed: 42
 
@@ -99,6 +100,9 @@ class SynthSpec:
     no_call_reply: dict[str, list[str]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COUNTS))
     grounding: str = "strict"
+    # None: every sample offers every tool. N: the tools it calls, the fallback and N others drawn per sample —
+    # shorter prompts (long tool lists cost most of a sample's tokens) and a model that reads the tool list.
+    distractors: int | None = None
     test_size: float = 0.15
     seed: int = 42
     name: str = "synth"
@@ -206,7 +210,8 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Synt
 
 
 KNOWN_KEYS = {"tools", "examples", "system", "languages", "fallback_tool", "arguments", "templates", "clarify",
-              "ask", "results", "no_call", "no_call_reply", "counts", "grounding", "test_size", "seed", "name"}
+              "ask", "results", "no_call", "no_call_reply", "counts", "grounding", "test_size", "seed", "name",
+              "distractors"}
 
 
 def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>") -> SynthSpec:
@@ -257,6 +262,9 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
     grounding = raw.get("grounding", "strict")
     if grounding not in GROUNDING:
         raise SynthError(f"{source}: grounding {grounding!r} must be one of {', '.join(GROUNDING)}")
+    distractors = raw.get("distractors")
+    if distractors is not None and (not isinstance(distractors, int) or distractors < 0):
+        raise SynthError(f"{source}: distractors must be a whole number ≥ 0 (or absent: every tool in every sample)")
     test_size = float(raw.get("test_size", 0.15))
     if not 0 <= test_size < 1:
         raise SynthError(f"{source}: test_size must be in [0, 1)")
@@ -283,6 +291,7 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
         no_call_reply=_per_language(raw.get("no_call_reply"), f"{source}: no_call_reply", languages),
         counts=counts,
         grounding=grounding,
+        distractors=distractors,
         test_size=test_size,
         seed=int(raw.get("seed", 42)),
         name=str(raw.get("name", "synth")),

@@ -8,6 +8,7 @@ is rejected with one of the reasons below and its detail; nothing is dropped wit
 
 from __future__ import annotations
 
+import functools
 import json
 import unicodedata
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class Verifier:
         turns = record.get("conversations")
         if not isinstance(turns, list) or len(turns) < 2:
             return Rejection("malformed", "fewer than two turns")
+        offered = _offered_names(record.get("tools"))
         heard: list[str] = []
         for position, turn in enumerate(turns):
             role, value = (turn.get("from"), turn.get("value")) if isinstance(turn, dict) else (None, None)
@@ -65,14 +67,15 @@ class Verifier:
             if role == "human":
                 heard.append(value)
             elif role == "function_call":
-                problem = self._check_calls(value, position, heard)
+                problem = self._check_calls(value, position, heard, offered)
                 if problem is not None:
                     return problem
         if turns[-1].get("from") not in _ASSISTANT_SIDE:
             return Rejection("malformed", "the last turn is not the assistant's")
         return None
 
-    def _check_calls(self, value: str, position: int, heard: list[str]) -> Rejection | None:
+    def _check_calls(self, value: str, position: int, heard: list[str], offered: set[str] | None,
+                     ) -> Rejection | None:
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as exc:
@@ -83,9 +86,9 @@ class Verifier:
                 return Rejection("malformed", f"turn {position}: a call without a name")
             name, arguments = call["name"], call.get("arguments", {})
             validator = self.validators.get(name)
-            if validator is None:
+            if validator is None or (offered is not None and name not in offered):
                 return Rejection("unknown_tool",
-                                 f"turn {position}: {name!r} is not one of {', '.join(self.validators)}")
+                                 f"turn {position}: {name!r} is not one of {', '.join(offered or self.validators)}")
             verdict_key = (name, json.dumps(arguments, sort_keys=True))
             if verdict_key in self._valid:
                 errors = []
@@ -114,6 +117,35 @@ def _noise_table() -> dict[int, None]:
 
 
 _NOISE = _noise_table()
+
+
+def _offered_names(tools: Any) -> set[str] | None:
+    """Names of the tools a sample offers (None when it names none: then every spec tool counts as offered)."""
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        return _offered_names_of_text(tools)
+    return _parse_offered(tools)
+
+
+@functools.lru_cache(maxsize=256)
+def _offered_names_of_text(tools: str) -> set[str]:
+    return _parse_offered(tools)
+
+
+def _parse_offered(tools: Any) -> set[str]:
+    try:
+        parsed = json.loads(tools) if isinstance(tools, str) else tools
+    except json.JSONDecodeError:
+        return set()
+    if not isinstance(parsed, list):
+        return set()
+    names = set()
+    for tool in parsed:
+        body = tool.get("function", tool) if isinstance(tool, dict) else None
+        if isinstance(body, dict) and isinstance(body.get("name"), str):
+            names.add(body["name"])
+    return names
 
 
 def normalise(text: str) -> str:
