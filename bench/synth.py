@@ -15,6 +15,7 @@ ratio. ``--no-teacher`` skips it.
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import subprocess
 import sys
@@ -101,6 +102,8 @@ def main() -> None:
     parser.add_argument("--n-threads", type=int, default=2)
     parser.add_argument("--no-teacher", action="store_true")
     args = parser.parse_args()
+    # A `timeout` or Ctrl-C must still stop the server this script started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     checked, planned, kept = offline_rate(args.scale, args.repeat, verify=True)
     unchecked, _, unchecked_kept = offline_rate(args.scale, args.repeat, verify=False)
