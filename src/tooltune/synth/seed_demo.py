@@ -34,7 +34,9 @@ def serve_and_send_seed_curl(modelfile: Path, name: str, console: Console, n_thr
     """Start ``tooltune serve``, POST the seed's body to ``/api/chat``, stop the server; returns the reply's JSON."""
     port = _free_port()
     command = [sys.executable, "-m", "tooltune", "serve", "--modelfile", str(modelfile), "--name", name,
-               "--port", str(port), "--n-ctx", "2048"]
+               "--port", str(port), "--n-ctx", "2048",
+               # The seed's body sets no num_predict; an answer is ~45 tokens, so an untrained ramble stops early.
+               "--max-tokens-limit", "128"]
     if n_threads:
         command += ["--n-threads", str(n_threads)]
     log = modelfile.parent / "serve.log"
