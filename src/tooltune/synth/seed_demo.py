@@ -58,8 +58,12 @@ def serve_and_send_seed_curl(modelfile: Path, name: str, console: Console, n_thr
             time.sleep(0.2)
         console.print(f"served {name} at {url}; sending the seed's curl body to /api/chat", highlight=False)
         started = time.perf_counter()
-        response = httpx.post(f"{url}/api/chat", content=seed_curl_body(),
-                              headers={"Content-Type": "application/json"}, timeout=300)
+        try:
+            response = httpx.post(f"{url}/api/chat", content=seed_curl_body(),
+                                  headers={"Content-Type": "application/json"}, timeout=300)
+        except httpx.HTTPError as exc:
+            raise TooltuneError(f"the served model did not answer the seed's curl body ({type(exc).__name__}: "
+                                f"{exc}); see {log}") from None
         seconds = time.perf_counter() - started
     finally:
         process.terminate()
