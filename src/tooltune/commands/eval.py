@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from tooltune.errors import TooltuneError
+
+if TYPE_CHECKING:
+    from tooltune.eval.cases import Case
 
 PARSE_MODES = ("strict", "lenient", "both")
 
@@ -25,9 +29,84 @@ def _training_data_keys(path: Path) -> dict[str, object]:
     return {key: raw[key] for key in keys if raw.get(key) is not None}
 
 
+def data_sources(data: str | list[str] | None) -> list[str]:
+    """Every ``--data`` value, repeated or comma-separated, in order; the same source twice is refused (it would count
+    its cases twice)."""
+    values = [data] if isinstance(data, str) else list(data or [])
+    sources = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    seen: set[str] = set()
+    for source in sources:
+        if source in seen:
+            raise TooltuneError(f"--data {source} is given twice; each dataset is scored once")
+        seen.add(source)
+    return sources
+
+
+def _is_case_file(source: str) -> bool:
+    """BFCL question files and saved cases.json are read on their own, not through dataset_info.json."""
+    from tooltune.eval.cases import is_bfcl_file
+
+    return is_bfcl_file(source) or (source.endswith("cases.json") and Path(source).is_file())
+
+
+def collect_cases(
+    data: str | list[str] | None,
+    *,
+    dataset_dir: str | None = None,
+    answers: str | None = None,
+    split: str | None = None,
+    val_size: float | None = None,
+    seed: int | None = None,
+    train_config: Path | None = None,
+    max_cases: int | None = None,
+    categories: list[str] | None = None,
+) -> list[Case]:
+    """The cases of every source given (``--data`` repeated or comma-separated, and/or a training config's dataset)."""
+    from tooltune.data.args import DataArguments
+    from tooltune.eval import load_cases
+
+    names = data_sources(data)
+    # Datasets (names and .json/.jsonl files) load together as one comma list, exactly as training reads them, so a
+    # --split val takes the same held-out records; BFCL and cases.json files load one by one and add their cases.
+    case_files = [name for name in names if _is_case_file(name)]
+    datasets = [name for name in names if name not in case_files]
+    sources: list[object] = list(case_files)
+    if train_config is not None:
+        keys = _training_data_keys(train_config)
+        if datasets:
+            keys["dataset"] = ",".join(datasets)
+        if "dataset" not in keys and not case_files:
+            raise TooltuneError(f"{train_config}: no 'dataset' key, and no --data given")
+        if "dataset" in keys:
+            sources.insert(0, DataArguments(**keys))  # type: ignore[arg-type]
+    elif datasets:
+        sources.insert(0, ",".join(datasets))
+    if answers is not None and len(case_files) > 1:
+        raise TooltuneError(f"--answers names one possible_answer file but {len(case_files)} BFCL files are given; "
+                            f"keep each file's answers beside it (possible_answer/<same name>) and drop --answers")
+    if not sources:
+        raise TooltuneError("no cases: give --data (dataset name, .json/.jsonl, BFCL question file) or --train_config")
+    cases = []
+    for source in sources:
+        cases += load_cases(
+            source,
+            split=split,
+            answers=answers,
+            val_size=val_size,
+            seed=seed,
+            dataset_dir=dataset_dir,
+            categories=categories,
+        )
+    if max_cases is not None:
+        cases = cases[:max_cases]
+    if len(names) > 1:
+        typer.echo(f"eval: {len(cases)} cases from {len(names)} sources ({', '.join(names)})", err=True)
+    return cases
+
+
 def run_eval(
     models: list[str],
-    data: str | None,
+    data: str | list[str] | None,
     out: Path,
     *,
     dataset_dir: str | None = None,
@@ -47,31 +126,12 @@ def run_eval(
     plot: bool = True,
     progress: bool = True,
 ) -> None:
-    from tooltune.data.args import DataArguments
-    from tooltune.eval import evaluate, load_cases
+    from tooltune.eval import evaluate
 
     if parse not in PARSE_MODES:
         raise TooltuneError(f"--parse {parse}: expected one of {', '.join(PARSE_MODES)}")
-    source: object = data
-    if train_config is not None:
-        keys = _training_data_keys(train_config)
-        if data is not None:
-            keys["dataset"] = data
-        if "dataset" not in keys:
-            raise TooltuneError(f"{train_config}: no 'dataset' key, and no --data given")
-        source = DataArguments(**keys)  # type: ignore[arg-type]
-    if source is None:
-        raise TooltuneError("no cases: give --data (dataset name, .json/.jsonl, BFCL question file) or --train_config")
-    cases = load_cases(
-        source,
-        split=split,
-        answers=answers,
-        val_size=val_size,
-        seed=seed,
-        dataset_dir=dataset_dir,
-        categories=categories,
-        max_cases=max_cases,
-    )
+    cases = collect_cases(data, dataset_dir=dataset_dir, answers=answers, split=split, val_size=val_size, seed=seed,
+                          train_config=train_config, max_cases=max_cases, categories=categories)
     lenient = "both" if parse == "both" else parse == "lenient"
     evaluate(
         models,
@@ -111,9 +171,11 @@ def register(app: typer.Typer) -> None:
             help="Model to score: .gguf, HF dir, http://host:port/v1[#model], ollama:http://host:port[#model]. "
             "Repeat to compare runs side by side.",
         ),  # fmt: skip
-        data: str | None = typer.Option(
-            None, "--data", "--dataset", help="Dataset name (dataset_info.json), .json/.jsonl file, or BFCL file."
-        ),
+        data: list[str] = typer.Option(
+            [], "--data", "--dataset",
+            help="Dataset name (dataset_info.json), .json/.jsonl file, or BFCL file. Repeat or comma-separate to "
+            "score several together.",
+        ),  # fmt: skip
         out: Path = typer.Option(Path("eval_report"), "--out", "-o", "--output_dir", "--output-dir",
                                  help="Folder for report.json / report.md / report.png."),  # fmt: skip
         dataset_dir: str | None = typer.Option(None, "--dataset_dir", "--dataset-dir", help="dataset_info folder."),

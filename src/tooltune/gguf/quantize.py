@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
@@ -18,6 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from tooltune.atomic import atomic_path
 from tooltune.errors import TooltuneError
 from tooltune.gguf.convert import make_readable
+from tooltune.gguf.quantize_log import Fallbacks, llama_log_to_file, parse_fallbacks
 
 # llama-quantize's types → llama_ftype values (llama.h). Aliases map like the CLI's (Q4_K → Q4_K_M).
 QUANT_TYPES: dict[str, int] = {
@@ -65,11 +66,21 @@ class QuantizeResult:
     bits_per_weight: float
     seconds: float
     threads: int
+    log_path: Path | None = None
+    fallbacks: Fallbacks = field(default_factory=Fallbacks)
 
     def summary(self) -> str:
-        return (f"{self.qtype}: {self.output} · {self.size_bytes / 2**20:.1f} MiB · "
+        text = (f"{self.qtype}: {self.output} · {self.size_bytes / 2**20:.1f} MiB · "
                 f"{self.bits_per_weight:.2f} bits/weight"
                 f" · {self.seconds:.1f}s on {self.threads} threads")
+        if self.log_path is not None:
+            text += f" · {self.fallbacks.summary()} (llama.cpp log: {self.log_path})"
+        return text
+
+
+def quantize_log_path(out: Path) -> Path:
+    """Where llama.cpp's per-tensor log of quantizing into ``out`` is kept: beside it, ``<stem>.quantize.log``."""
+    return out.with_name(f"{out.stem}.quantize.log")
 
 
 def check_gguf(
@@ -135,19 +146,23 @@ def quantize_gguf(
     params.nthread = n_threads
     params.allow_requantize = allow_requantize
 
+    log_path = quantize_log_path(out)
     start = time.perf_counter()
     with atomic_path(out) as tmp:
-        status = _run_with_progress(lambda: llama_cpp.llama_model_quantize(
-            str(inp).encode(), str(tmp).encode(), params), tmp, name, show_progress)
+        # One llama.cpp line per tensor goes to the log file, not the terminal; the summary line counts fallbacks.
+        with llama_log_to_file(log_path):
+            status = _run_with_progress(lambda: llama_cpp.llama_model_quantize(
+                str(inp).encode(), str(tmp).encode(), params), tmp, name, show_progress)
         if status == 0:
             make_readable(tmp)
         if status != 0:
-            raise QuantizeError(f"llama.cpp could not quantize {inp} to {name} (status {status}; see its log above; "
-                                f"very low-bit "
-                                f"IQ types may need an importance matrix)")
+            raise QuantizeError(f"llama.cpp could not quantize {inp} to {name} (status {status}; see {log_path}; "
+                                f"very low-bit IQ types may need an importance matrix)")
     seconds = time.perf_counter() - start
     size = measure_gguf(out)
-    return QuantizeResult(inp, out, name, size.file_bytes, size.bits_per_weight, seconds, n_threads)
+    fallbacks = parse_fallbacks(log_path.read_text(encoding="utf-8", errors="replace"))
+    return QuantizeResult(inp, out, name, size.file_bytes, size.bits_per_weight, seconds, n_threads, log_path,
+                          fallbacks)
 
 
 def _run_with_progress(job: callable, watched: Path, label: str, show: bool) -> int:  # type: ignore[valid-type]

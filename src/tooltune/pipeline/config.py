@@ -70,6 +70,11 @@ class PipelineArguments:
         metadata=_help("score the tuned model through its F16 GGUF with llama.cpp (fast) or the merged HF dir"),
     )
     preview_samples: int = field(default=2, metadata=_help("samples the preview stage prints (the seed's debug view)"))
+    synth: dict[str, Any] | None = field(
+        default=None,
+        metadata=_help("generate the dataset first: {spec: synth.yaml, ...overrides} (see docs/synth.md); fills "
+                       "dataset, dataset_dir and eval_dataset"),
+    )
 
 
 @dataclass
@@ -117,11 +122,11 @@ def load_pipeline_config(argv: list[str]) -> PipelineConfig:
 
 def _check(config: PipelineConfig, argv: list[str]) -> None:
     where = str(config.source) if config.source else "command line"
-    if not config.data.dataset:
+    if not config.data.dataset and not config.pipeline.synth:
         raise PipelineConfigError(f"{where}: `dataset` is required (a name in dataset_info.json or a .json path)")
     if not config.finetune.lora_target:
         raise PipelineConfigError(f"{where}: `lora_target` is empty")
-    if not config.pipeline.eval_dataset and not config.data.val_size:
+    if not config.pipeline.eval_dataset and not config.data.val_size and not config.pipeline.synth:
         config.notes.append("no eval data: set val_size (held-out split) or eval_dataset to get the eval stages")
     given = _given_keys(config.source, argv)
     for key in PIPELINE_OWNED_KEYS:

@@ -437,6 +437,9 @@ def run_pipeline(
         console.print(f"[yellow]note:[/yellow] {note}")
     run_dir = config.run_dir
     console.print(f"run directory: {run_dir}")
+    from tooltune.synth.pipeline import apply_synth
+
+    apply_synth(config, console)  # a `synth:` block: the dataset is generated first, into <run_dir>/synth
     config_record = config.record()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.json", json.dumps(config_record, indent=2, default=str) + "\n")

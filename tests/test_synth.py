@@ -1,0 +1,250 @@
+"""``tooltune synth`` offline: plan arithmetic, every pattern verified, the held-out split, every rejection reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tooltune.synth import load_spec, prepare, synthesize, write_outputs
+from tooltune.synth.build import split_held_out
+from tooltune.synth.offline import Sample
+from tooltune.synth.plan import PlanItem
+from tooltune.synth.spec import SynthError, spec_from_mapping
+from tooltune.synth.verify import REASONS, Verifier, user_utterances
+
+SEED_SPEC = Path(__file__).parent.parent / "src" / "tooltune" / "resources" / "examples" / "seed_tools" / "synth.yaml"
+
+LAMP = {"type": "function", "function": {"name": "set_lamp", "description": "Switch a lamp", "parameters": {
+    "type": "object",
+    "properties": {"room": {"type": "string"}, "mode": {"type": "string", "enum": ["on", "off", "dim"]},
+                   "minutes": {"type": "integer", "minimum": 1}},
+    "required": ["room", "mode"]}}}
+NOTE = {"name": "add_note", "description": "Save a note", "parameters": [
+    {"name": "text", "description": "the note", "required": True}]}
+ASK = {"name": "ask_anything", "description": "fallback", "parameters": [{"name": "question", "required": True}]}
+
+
+def _small_spec(**extra: object):
+    raw = {
+        "tools": [LAMP, NOTE, ASK],
+        "fallback_tool": "ask_anything",
+        "languages": ["en", "zh"],
+        "counts": {"single": 2, "clarify": 2, "result": 1, "parallel": 3, "no_call": 4},
+        "arguments": {"set_lamp": {"room": {"values": {"en": ["kitchen", "hall"], "zh": ["厨房", "客厅"]}},
+                                   "minutes": {"values": ["5", "10"]}},
+                      "add_note": {"text": {"values": {"en": ["buy milk", "call mum"],
+                                                       "zh": ["买牛奶", "给妈妈打电话"]}}}},
+        "templates": {"set_lamp": {"en": ["turn the {room} lamp {mode}",
+                                          "{mode} the {room} lamp for {minutes} minutes"],
+                                   "zh": ["把{room}的灯{mode}", "{room}的灯{mode}{minutes}分钟"]},
+                      "add_note": {"en": ["note: {text}"], "zh": ["记一下：{text}"]}},
+        **extra,
+    }
+    return spec_from_mapping(raw, base_dir=Path("."), source="small.yaml")
+
+
+def test_plan_arithmetic() -> None:
+    spec = _small_spec()
+    plan, _ = prepare(spec)
+    counts = plan.counts()
+    for lang in ("en", "zh"):
+        # single: max(counts.single=2, largest enum=3, two slot sets) = 3; result: 1
+        assert counts[("set_lamp", "single", lang)] == 3
+        assert counts[("add_note", "single", lang)] == 2
+        assert counts[("set_lamp", "result", lang)] == counts[("add_note", "result", lang)] == 1
+        # clarify: only add_note has a required free-text argument with an opener ("note" / "记一下")
+        assert counts[("add_note", "clarify", lang)] == 2 and counts[("set_lamp", "clarify", lang)] == 0
+        # parallel: one pair of callable tools × 3; the fallback takes the no-call turns
+        assert counts[("set_lamp+add_note", "parallel", lang)] == 3
+        assert counts[("ask_anything", "no_call", lang)] == 4
+    assert len(plan.items) == 2 * (3 + 2 + 1 + 1 + 2 + 3 + 4)
+    assert any("set_lamp" in gap and "room" in gap for gap in plan.gaps)  # no opener without {room}
+    text = plan.format(spec.languages)
+    assert "single/en" in text and "total" in text.splitlines()[-len(plan.gaps) - 1]
+    # A tool without any template is a gap, not a silent omission.
+    bare = spec_from_mapping({"tools": [NOTE]}, base_dir=Path("."), source="bare.yaml")
+    plan, _ = prepare(bare)
+    assert not [i for i in plan.items if i.tool == "add_note"] and "add_note (en): no template" in plan.gaps[0]
+
+
+def test_every_pattern_is_generated_and_verified_seed_tools(tmp_path: Path) -> None:
+    spec = load_spec(SEED_SPEC)
+    plan, offline = prepare(spec)
+    result = synthesize(spec, plan, offline=offline)
+    verifier = Verifier(spec)
+    kept = result.train + result.test
+    assert all(verifier.check(s.record) is None for s in kept)
+    patterns = {(s.item.pattern, s.item.language) for s in result.train}
+    for lang in ("zh", "en"):
+        for pattern in ("single", "clarify", "result", "parallel", "no_call", "example"):
+            assert (pattern, lang) in patterns, (pattern, lang)
+    # every enum value of every tool appears in a call, and held-out cases cover every pattern too
+    calls = [json.loads(t["value"]) for s in kept for t in s.turns if t["from"] == "function_call"]
+    flat = [c for call in calls for c in (call if isinstance(call, list) else [call])]
+    for tool in spec.tools:
+        for arg, values in tool.arguments.items():
+            seen = {c["arguments"][arg] for c in flat if c["name"] == tool.name and arg in c["arguments"]}
+            assert set(values.enum) <= seen, (tool.name, arg)
+    assert {s.item.pattern for s in result.test} == {"single", "clarify", "result", "parallel", "no_call"}
+    # clarification dialogues: user opener → assistant asks → user gives the value → call with it
+    clarify = next(s for s in result.train if s.item.pattern == "clarify" and s.item.tool == "HandleTongzhiTonggao")
+    roles = [t["from"] for t in clarify.turns]
+    assert roles == ["human", "gpt", "human", "function_call"]
+    assert json.loads(clarify.turns[3]["value"])["arguments"]["content"] == clarify.turns[2]["value"]
+    # no-call turns go to the marked fallback with the user's words
+    no_call = next(s for s in result.train if s.item.pattern == "no_call")
+    call = json.loads(no_call.turns[1]["value"])
+    assert call == {"name": "DirectLLMCommunityAiUser", "arguments": {"question": no_call.turns[0]["value"]}}
+    # held-out and training share no user utterance
+    heard_in_test = set().union(*(user_utterances(s.record) for s in result.test))
+    assert all(not (user_utterances(s.record) & heard_in_test) for s in result.train)
+    # deterministic
+    again = synthesize(spec, *[prepare(spec)[0]], offline=prepare(spec)[1])
+    assert [s.record for s in again.train] == [s.record for s in result.train]
+
+
+def test_outputs_load_as_a_dataset_and_as_eval_cases(tmp_path: Path) -> None:
+    from tooltune.data.args import DataArguments
+    from tooltune.data.loader import load_conversations
+    from tooltune.eval.cases import load_cases
+
+    spec = _small_spec()
+    plan, offline = prepare(spec)
+    result = synthesize(spec, plan, offline=offline)
+    files = write_outputs(spec, result, tmp_path)
+    info = json.loads(files["dataset_info"].read_text(encoding="utf-8"))
+    assert info["synth"]["file_name"] == "synth.json" and info["synth_test"]["file_name"] == "synth_test.json"
+    report = load_conversations(DataArguments(dataset="synth", dataset_dir=str(tmp_path)))
+    assert not report.rejected and len(report.conversations) == len(result.train)
+    cases = load_cases("synth_test", dataset_dir=str(tmp_path))
+    categories = {c.category for c in cases}
+    assert "no_call" in categories or any(c.expected_calls[0].name == "ask_anything" for c in cases if c.expected_calls)
+    assert {"multiple", "parallel_multiple"} <= categories
+    data = json.loads(files["report_json"].read_text(encoding="utf-8"))
+    row = next(r for r in data["rows"]
+               if r["tool"] == "set_lamp" and r["pattern"] == "single" and r["language"] == "en")
+    assert row["planned"] == 3 and row["train"] + row["test"] + row["rejected"] == 3
+    assert "| set_lamp | single | en |" in files["report_md"].read_text(encoding="utf-8")
+
+
+def _record(*turns: tuple[str, object]) -> dict:
+    return {"conversations": [{"from": role, "value": value if isinstance(value, str) else json.dumps(value)}
+                              for role, value in turns]}
+
+
+def test_every_rejection_reason_from_a_crafted_sample() -> None:
+    spec = _small_spec()
+    verifier = Verifier(spec)
+    lamp = {"name": "set_lamp", "arguments": {"room": "kitchen", "mode": "on"}}
+    assert verifier.check(_record(("human", "turn the kitchen lamp on"), ("function_call", lamp))) is None
+    crafted = {
+        "malformed": _record(("gpt", "hi"), ("human", "hello")),
+        "unknown_tool": _record(("human", "x"), ("function_call", {"name": "nope", "arguments": {}})),
+        "missing_required": _record(("human", "kitchen"), ("function_call",
+                                                           {"name": "set_lamp", "arguments": {"room": "kitchen"}})),
+        "wrong_type": _record(("human", "kitchen lamp on for 5"), ("function_call", {
+            "name": "set_lamp", "arguments": {"room": "kitchen", "mode": "on", "minutes": "5"}})),
+        "not_in_enum": _record(("human", "kitchen blink"), ("function_call", {
+            "name": "set_lamp", "arguments": {"room": "kitchen", "mode": "blink"}})),
+        "unknown_argument": _record(("human", "kitchen on red"), ("function_call", {
+            "name": "set_lamp", "arguments": {"room": "kitchen", "mode": "on", "colour": "red"}})),
+        "ungrounded": _record(("human", "turn the lamp on"), ("function_call", lamp)),
+        "schema": _record(("human", "kitchen on for 0"), ("function_call", {
+            "name": "set_lamp", "arguments": {"room": "kitchen", "mode": "on", "minutes": 0}})),
+    }
+    for reason, record in crafted.items():
+        rejection = verifier.check(record)
+        assert rejection is not None and rejection.reason == reason, (reason, rejection)
+        assert rejection.detail
+    # grounding is configurable
+    assert Verifier(_small_spec(grounding="off")).check(crafted["ungrounded"]) is None
+    # duplicate (same turns modulo case/punctuation) and test_overlap come from synthesize / the split
+    twice = _record(("human", "Turn the kitchen lamp ON!"), ("function_call", lamp))
+    records = {"a": _record(("human", "turn the kitchen lamp on"), ("function_call", lamp)), "b": twice}
+    plan, offline = prepare(spec)
+    items = [PlanItem("set_lamp", "single", "en", 0), PlanItem("set_lamp", "single", "en", 1)]
+    plan.items = items
+    result = synthesize(spec, plan, generate=lambda item: records["a" if item.index == 0 else "b"], offline=offline)
+    assert [r.rejection.reason for r in result.rejected] == ["duplicate"]
+    samples = [Sample(PlanItem("add_note", "single", "en", i), _record(("human", text), ("function_call", {
+        "name": "add_note", "arguments": {"text": "buy milk"}}))) for i, text in
+        enumerate(["note: buy milk", "note buy milk", "please note: buy milk", "buy milk"])]
+    train, test, overlap = split_held_out(samples, 0.25, seed=0)
+    assert len(test) == 1 and len(train) + len(overlap) == 3
+    assert all(r.rejection.reason == "test_overlap" for r in overlap)
+    # generation: a template slot with no values anywhere
+    gap = _small_spec(templates={"add_note": {"en": ["note: {text}"], "zh": ["记一下：{text}"]},
+                                 "set_lamp": {"en": ["{room} lamp {mode}"], "zh": ["{room}灯{mode}"]}},
+                      arguments={"add_note": {"text": {"values": ["x"]}}})
+    plan, offline = prepare(gap)
+    result = synthesize(gap, plan, offline=offline)
+    assert any(r.rejection.reason == "generation" and "set_lamp.room" in r.rejection.detail for r in result.rejected)
+    produced = {r.rejection.reason for r in result.rejected} | set(crafted) | {"duplicate", "test_overlap"}
+    assert produced == set(REASONS)
+
+
+def test_bad_specs_name_the_file_and_key(tmp_path: Path) -> None:
+    with pytest.raises(SynthError, match="small.yaml: fallback_tool 'nope'"):
+        _small_spec(fallback_tool="nope")
+    with pytest.raises(SynthError, match=r"arguments\.set_lamp\.colour: the tool has no argument"):
+        _small_spec(arguments={"set_lamp": {"colour": {"values": ["red"]}}})
+    with pytest.raises(SynthError, match="languages fr"):
+        _small_spec(languages=["fr"])
+    with pytest.raises(SynthError, match="unknown key"):
+        _small_spec(colours=1)
+    bad = tmp_path / "spec.yaml"
+    bad.write_text("tools: missing.json\n")
+    with pytest.raises(SynthError, match="missing.json: cannot read the tools file"):
+        load_spec(bad)
+
+
+def test_cli_writes_dataset_plan_and_report(tmp_path: Path) -> None:
+    from tooltune.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["synth", str(SEED_SPEC), "--out", str(out), "--languages", "zh"])
+    assert result.exit_code == 0, result.output
+    assert "single/zh" in result.output and "synth:" in result.output  # plan printed, then the summary line
+    assert "single/en" not in result.output
+    for name in ("seed_tools.json", "seed_tools_test.json", "dataset_info.json", "rejected.jsonl", "report.md"):
+        assert (out / name).is_file(), name
+    for line in (out / "rejected.jsonl").read_text(encoding="utf-8").splitlines():
+        assert json.loads(line)["reason"] in REASONS
+
+
+def test_distractors_offer_called_tools_fallback_and_n_others() -> None:
+    spec = load_spec(SEED_SPEC, {"distractors": 1, "languages": ["zh"]})
+    plan, offline = prepare(spec)
+    result = synthesize(spec, plan, offline=offline)
+    for sample in result.train + result.test:
+        offered = {t["name"] for t in json.loads(sample.record["tools"])}
+        called = {c["name"] for t in sample.turns if t["from"] == "function_call"
+                  for c in (lambda v: v if isinstance(v, list) else [v])(json.loads(t["value"]))}
+        assert called | {"DirectLLMCommunityAiUser"} <= offered
+        assert len(offered) == len(called | {"DirectLLMCommunityAiUser"}) + 1
+    # a call to a tool the sample does not offer is rejected, even though the spec has it
+    record = dict(result.train[0].record)
+    record["tools"] = json.dumps([t for t in spec.raw_tools if t["name"] == "WeatherApi"], ensure_ascii=False)
+    record["conversations"] = [{"from": "human", "value": "讲个笑话吧"}, {"from": "function_call", "value": json.dumps(
+        {"name": "DirectLLMCommunityAiUser", "arguments": {"question": "讲个笑话吧"}}, ensure_ascii=False)}]
+    assert Verifier(spec).check(record).reason == "unknown_tool"
+
+
+def test_pipeline_synth_block_fills_the_dataset(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from tooltune.commands.demo import _pop_example, demo_config_path
+    from tooltune.pipeline.config import load_pipeline_config
+    from tooltune.synth.pipeline import apply_synth
+
+    config = load_pipeline_config([str(demo_config_path("seed-tools")), "--run_dir", str(tmp_path / "run")])
+    assert config.pipeline.synth["spec"].endswith("synth.yaml") and not config.data.dataset
+    apply_synth(config, Console(quiet=True))
+    assert config.data.dataset == "seed_tools" and config.pipeline.eval_dataset == "seed_tools_test"
+    assert Path(config.data.dataset_dir) == tmp_path / "run" / "synth"
+    assert (tmp_path / "run" / "synth" / "seed_tools_test.json").is_file()
+    argv = ["--example", "seed-tools", "--max_steps", "2"]
+    assert _pop_example(argv) == "seed-tools" and argv == ["--max_steps", "2"]
