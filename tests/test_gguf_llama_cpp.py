@@ -193,7 +193,8 @@ def test_gguf_report_measures_quality_against_reference(llama256_dir: Path, tmp_
     f16 = convert_to_gguf(llama256_dir, tmp_path / "m-F16.gguf", "f16")
     q8 = quantize_gguf(f16, tmp_path / "m-Q8_0.gguf", "Q8_0", threads=2, show_progress=False).output
     q4 = quantize_gguf(f16, tmp_path / "m-Q4_0.gguf", "Q4_0", threads=2, show_progress=False).output
-    report = gguf_report([f16, q8, q4], max_tokens=128, chunk_size=64, decode_tokens=8, threads=2,
+    # 32 prompt + 64 decoded tokens do not fit a 64-token chunk: the report's context must hold both.
+    report = gguf_report([f16, q8, q4], max_tokens=128, chunk_size=64, decode_tokens=64, threads=2,
                          show_progress=False)
     ref, row_q8, row_q4 = report.rows
     assert report.n_tokens_scored == 2 * 63

@@ -156,6 +156,8 @@ def gguf_report(
     scored_per_chunk = chunk_size - 1
     rows: list[FileRow] = []
     decode_prompt = tokens[:32]
+    # The same context scores chunks and then times decoding after a prompt: it must hold both.
+    n_ctx = max(chunk_size, len(decode_prompt) + decode_tokens)
     del reference
 
     with tempfile.TemporaryDirectory(prefix="tooltune-report-") as tmp:
@@ -166,7 +168,7 @@ def gguf_report(
         with progress:
             for index, path in enumerate(paths):
                 task = progress.add_task(f"evaluate {path.name}", total=n_chunks + 1)
-                llm = _load(path, chunk_size, n_threads)
+                llm = _load(path, n_ctx, n_threads)
                 if llm.n_vocab() != n_vocab:
                     raise ReportError(f"{path}: vocabulary of {llm.n_vocab()} tokens, the reference has {n_vocab}")
                 nll_sum, kl_sum, agree = 0.0, 0.0, 0
