@@ -25,11 +25,15 @@ from typing import Any
 from tooltune.atomic import write_text
 from tooltune.engines import end_of_turn_strings
 from tooltune.errors import TooltuneError
+from tooltune.families.stops import stop_strings
 
 GO_TEMPLATE_DIR = "resources/ollama"
 
 # Ollama's ToolProperty fields (api/types.go, 0.33.0): every other key of a property schema is dropped on decode.
 OLLAMA_PROPERTY_KEYS = ("anyOf", "type", "items", "description", "enum", "properties", "required")
+# Families with a shipped Jinja template and a Go TEMPLATE proven equal to it (tests/test_families_modelfile.py).
+FAMILY_GO_TEMPLATES = {"qwen3": "qwen3.gotmpl", "mistral": "mistral.gotmpl", "phi4-mini": "phi4-mini.gotmpl",
+                       "gemma3": "gemma3.gotmpl"}
 DEFAULT_PARAMETERS: dict[str, Any] = {"temperature": 0.1, "top_p": 0.9}  # the seed's Modelfile values
 
 PARAMETER_TYPES: dict[str, type] = {
@@ -69,7 +73,7 @@ def _known_templates() -> list[tuple[str, str, str]]:
     # Families whose Go TEMPLATE is proven against their shipped Jinja template (tests/test_families_modelfile.py).
     from tooltune.families.family import FAMILIES
 
-    for family, go_file in (("qwen3", "qwen3.gotmpl"),):
+    for family, go_file in FAMILY_GO_TEMPLATES.items():
         jinja_text = FAMILIES[family].template_text()
         if jinja_text is not None:
             known.append((family, _normalise(jinja_text), _resource_text(go_file)))
@@ -87,6 +91,24 @@ def go_template_for(chat_template: str) -> tuple[str, str]:
         "proven equivalent); pass --template FILE with your own Go template, or --no-template to let Ollama 0.30+ "
         "render the GGUF's Jinja chat template"
     )
+
+
+_TOOL_CALLS_IF = re.compile(r"\{\{-?\s*(?:else\s+)?if\b(?:(?!\}\}).)*\.ToolCalls\b(?:(?!\}\}).)*-?\}\}", re.DOTALL)
+_ACTION = re.compile(r"\{\{.*?\}\}", re.DOTALL)
+
+
+def ollama_tool_call_prefix(go_template: str) -> str:
+    """The tool-call prefix Ollama derives from a TEMPLATE: the first text inside the first ``{{ if .ToolCalls }}``
+    block, cut before any ``{`` and stripped; ``{`` when there is none (then any JSON object starts a call)."""
+    match = _TOOL_CALLS_IF.search(go_template)
+    if match is None:
+        return "{"
+    for text in _ACTION.split(go_template[match.end():]):
+        # A trim marker ("{{-" / "-}}") eats the blanks beside it; blanks alone are no prefix either way.
+        if text.strip():
+            tag = text.split("{", 1)[0].strip()
+            return tag or "{"
+    return "{"
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -191,7 +213,11 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
         family, go_template = go_template_for(jinja_template)
     else:
         family = "user-supplied" if go_template else "none (Ollama renders the GGUF's Jinja template)"
-    stops = end_of_turn_strings(jinja_template, eos)
+    if family == "qwen2.5":
+        stops = end_of_turn_strings(jinja_template, eos)  # the proven Qwen2.5 Modelfile stays as it was
+    else:
+        # The family layer's one end-of-turn detector: the template's own end of turn, the family's other ends, EOS.
+        stops = stop_strings(jinja_template, eos) if jinja_template else end_of_turn_strings("", eos)
     merged: dict[str, Any] = dict(DEFAULT_PARAMETERS)
     merged.update(params or {})
     merged["stop"] = list(dict.fromkeys([*stops, *_as_list(merged.get("stop"))]))
@@ -391,8 +417,11 @@ def canonicalize_for_ollama(messages: list[dict[str, Any]], tools: list[dict[str
                 arguments = body.get("arguments", {})
                 if isinstance(arguments, str):
                     arguments = json.loads(arguments) if arguments.strip() else {}
-                calls.append({"type": "function", "function": {"name": body["name"],
-                                                                "arguments": _sorted_json(arguments)}})
+                canonical_call: dict[str, Any] = {"type": "function", "function": {
+                    "name": body["name"], "arguments": _sorted_json(arguments)}}
+                if isinstance(call.get("id"), str):  # Ollama keeps call ids (Mistral's template prints them)
+                    canonical_call["id"] = call["id"]
+                calls.append(canonical_call)
             message["tool_calls"] = calls
         new_messages.append(message)
     return new_messages, new_tools
