@@ -15,6 +15,7 @@ serve with ``tooltune serve``, which renders the Jinja template itself) and trai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ OLLAMA_PROPERTY_KEYS = ("anyOf", "type", "items", "description", "enum", "proper
 # Families with a shipped Jinja template and a Go TEMPLATE proven equal to it (tests/test_families_modelfile.py).
 FAMILY_GO_TEMPLATES = {"qwen3": "qwen3.gotmpl", "mistral": "mistral.gotmpl", "phi4-mini": "phi4-mini.gotmpl",
                        "gemma3": "gemma3.gotmpl"}
+# Families whose template comes from the user's model folder (not shipped: Llama licence): the Go TEMPLATE is ours and
+# reproduces the layout; the folder's template is recognised by the sha256 of its whitespace-free text.
+FOLDER_TEMPLATE_DIGESTS = {
+    # NousResearch Hermes-3 `tool_use` template (as llama.cpp vendors it)
+    "4b57cee76cd0b66210e6abd2e18835beaf747e9aa3a59a806c61fd142f19c0bc": ("hermes3", "hermes3.gotmpl"),
+}
 DEFAULT_PARAMETERS: dict[str, Any] = {"temperature": 0.1, "top_p": 0.9}  # the seed's Modelfile values
 
 PARAMETER_TYPES: dict[str, type] = {
@@ -86,9 +93,13 @@ def go_template_for(chat_template: str) -> tuple[str, str]:
     for family, jinja_source, go_source in _known_templates():
         if wanted == jinja_source:
             return family, go_source
+    digest = hashlib.sha256(wanted.encode("utf-8")).hexdigest()
+    if digest in FOLDER_TEMPLATE_DIGESTS:
+        family, go_file = FOLDER_TEMPLATE_DIGESTS[digest]
+        return family, _resource_text(go_file)
     raise ModelfileError(
-        "no Go TEMPLATE is known to match this model's chat template (only the Qwen2.5 tool-calling template is "
-        "proven equivalent); pass --template FILE with your own Go template, or --no-template to let Ollama 0.30+ "
+        "no Go TEMPLATE is known to match this model's chat template (see docs/families.md for the templates with a proven "
+        "equivalent); pass --template FILE with your own Go template, or --no-template to let Ollama 0.30+ "
         "render the GGUF's Jinja chat template"
     )
 
