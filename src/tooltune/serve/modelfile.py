@@ -98,8 +98,8 @@ def go_template_for(chat_template: str) -> tuple[str, str]:
         family, go_file = FOLDER_TEMPLATE_DIGESTS[digest]
         return family, _resource_text(go_file)
     raise ModelfileError(
-        "no Go TEMPLATE is known to match this model's chat template (see docs/families.md for the templates with a proven "
-        "equivalent); pass --template FILE with your own Go template, or --no-template to let Ollama 0.30+ "
+        "no Go TEMPLATE is known to match this model's chat template (docs/families.md lists the templates with a "
+        "proven equivalent); pass --template FILE with your own Go template, or --no-template to let Ollama 0.30+ "
         "render the GGUF's Jinja chat template"
     )
 
