@@ -40,6 +40,8 @@ FAMILY_GO_TEMPLATES = {"qwen3": "qwen3.gotmpl", "mistral": "mistral.gotmpl", "ph
 FOLDER_TEMPLATE_DIGESTS = {
     # NousResearch Hermes-3 `tool_use` template (as llama.cpp vendors it)
     "4b57cee76cd0b66210e6abd2e18835beaf747e9aa3a59a806c61fd142f19c0bc": ("hermes3", "hermes3.gotmpl"),
+    # meta-llama/Llama-3.2-*-Instruct (tool calls in the user turn, one call per reply)
+    "088f0b1cd4aab07e4c04b4a0afd8e4eb6571ec9362b4bb67aaba6cbd58849641": ("llama3.2", "llama3.2.gotmpl"),
 }
 DEFAULT_PARAMETERS: dict[str, Any] = {"temperature": 0.1, "top_p": 0.9}  # the seed's Modelfile values
 
