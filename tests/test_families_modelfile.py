@@ -3,6 +3,7 @@ types) and compared with the family's Jinja template on the glaive demo conversa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,9 +62,9 @@ def test_qwen3_go_template_renders_reasoning_like_jinja(go_renderer: Path) -> No
 # Jinja special tokens each family's template prints. BOS is left out on purpose: Ollama's tokenizer (llama.cpp,
 # add_bos) puts it in front of the prompt, so a TEMPLATE that printed it would double it.
 FAMILY_TOKENS = {"mistral": {"eos_token": "</s>"}, "phi4-mini": {"eos_token": "<|endoftext|>"}, "gemma3": {},
-                 "hermes3": {}, "llama3.2": {}}
+                 "hermes3": {}, "llama3.2": {}, "smollm3": {}}
 FAMILY_PREFIX = {"mistral": "[TOOL_CALLS]", "phi4-mini": "<|tool_call|>", "gemma3": "<tool_call>",
-                 "hermes3": "<tool_call>", "llama3.2": "{"}  # Llama: the reply is the JSON
+                 "hermes3": "<tool_call>", "llama3.2": "{", "smollm3": "<tool_call>"}  # Llama: the reply is JSON
 FIXTURES = Path(__file__).parent / "fixtures" / "families"
 
 
@@ -113,19 +114,24 @@ def test_family_go_template_matches_jinja(go_renderer: Path, demo_data_dir: Path
     cases = prompts_of(records) + prompts_of([(round_trip, ROUND_TRIP_TOOLS)])
     canonical = [(*canonicalize_for_ollama(m, t), g) for m, t, g in cases]
     outputs = go_render(go_renderer, go_template, canonical)
-    equal = as_given = 0
+    equal = as_given = unreachable = 0
     for (messages, tools, generation), (raw_m, raw_t, _), go_text in zip(canonical, cases, outputs, strict=True):
         try:
             jinja_text = _family_jinja(family, messages, tools, generation)
         except ChatTemplateError:  # Mistral's template refuses non-alternating records: nothing to compare
             assert family == "mistral", messages
             continue
+        if family == "smollm3" and tools and "'" in json.dumps(tools, ensure_ascii=False):
+            # SmolLM3 prints tools as Python reprs: a string holding ' is quoted "..." by Python, and Go's
+            # text/template (no string functions in Ollama) cannot look inside a string to choose the quote.
+            unreachable += go_text != jinja_text
+            continue
         assert go_text == jinja_text, (family, messages)
         equal += 1
         as_given += go_text == _family_jinja(family, raw_m, raw_t, generation)
     print(f"\n{family}: Go TEMPLATE == Jinja on {equal}/{len(cases)} prompts after canonicalize_for_ollama, "
-          f"{as_given} as given")
-    assert equal >= len(cases) - 3
+          f"{as_given} as given" + (f", {unreachable} differ (' in SmolLM3's Python-repr tools)" if unreachable else ""))
+    assert equal >= len(cases) - 3 - unreachable
     assert as_given < equal  # sorted keys / dropped schema keys: canonicalisation is what makes them agree
     assert ollama_tool_call_prefix(go_template) == FAMILY_PREFIX[family]
 

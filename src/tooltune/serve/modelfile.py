@@ -34,7 +34,7 @@ GO_TEMPLATE_DIR = "resources/ollama"
 OLLAMA_PROPERTY_KEYS = ("anyOf", "type", "items", "description", "enum", "properties", "required")
 # Families with a shipped Jinja template and a Go TEMPLATE proven equal to it (tests/test_families_modelfile.py).
 FAMILY_GO_TEMPLATES = {"qwen3": "qwen3.gotmpl", "mistral": "mistral.gotmpl", "phi4-mini": "phi4-mini.gotmpl",
-                       "gemma3": "gemma3.gotmpl"}
+                       "gemma3": "gemma3.gotmpl", "smollm3": "smollm3.gotmpl"}
 # Families whose template comes from the user's model folder (not shipped: Llama licence): the Go TEMPLATE is ours and
 # reproduces the layout; the folder's template is recognised by the sha256 of its whitespace-free text.
 FOLDER_TEMPLATE_DIGESTS = {
