@@ -2,7 +2,8 @@
 
 Writing: the GGUF's Jinja chat template is matched against the templates we ship a Go equivalent for
 (``resources/ollama/*.gotmpl``: qwen2.5, qwen3, mistral, phi4-mini, gemma3, smollm3, hermes3, llama3.2; per-family
-figures and limits in docs/families.md). The Go TEMPLATE renders system, tools, user, assistant text, assistant tool calls
+figures and limits in docs/families.md).
+The Go TEMPLATE renders system, tools, user, assistant text, assistant tool calls
 (inside ``{{ if .ToolCalls }}`` so Ollama derives the ``<tool_call>`` prefix and returns structured calls) and tool
 results in the same layout as the Jinja template; tests render both on the glaive demo data (Go's own
 ``text/template``, Ollama 0.33.0's template data types) and measure what still differs.
