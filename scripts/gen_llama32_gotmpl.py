@@ -121,18 +121,25 @@ Respond in the format {"name": function name, "parameters": dictionary of argume
 {{ end }}'''
 
 
-def main() -> None:
-    root = Path(__file__).resolve().parents[1]
-    qwen3 = (root / "src/tooltune/resources/ollama/qwen3.gotmpl").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "src/tooltune/resources/ollama/llama3.2.gotmpl"
+
+
+def build() -> str:
+    """The TEMPLATE text (tests compare it with the committed file)."""
+    qwen3 = (ROOT / "src/tooltune/resources/ollama/qwen3.gotmpl").read_text(encoding="utf-8")
     json_define = qwen3[: qwen3.index('{{- define "property" -}}')]  # compact JSON with Python's separators
     parts = [json_define]
     parts += [value(d) for d in range(MAX_DEPTH + 1)]
     parts += [prop(d) for d in range(4, MAX_DEPTH + 1, 2)]
     parts.append(TOOL)
     parts.append(BODY.replace("__DATE__", DATE))
-    out = root / "src/tooltune/resources/ollama/llama3.2.gotmpl"
-    out.write_text("".join(parts) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    return "".join(parts) + "\n"
+
+
+def main() -> None:
+    OUT.write_text(build(), encoding="utf-8")
+    print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":

@@ -159,3 +159,15 @@ def test_smollm3_apostrophe_is_the_only_gap(go_renderer: Path) -> None:  # noqa:
     jinja_text = render(jinja_template, messages, tools, add_generation_prompt=True)
     assert go_text != jinja_text
     assert go_text.replace("'Get the user's news'", '"Get the user\'s news"') == jinja_text
+
+
+def test_llama_template_is_what_its_generator_writes() -> None:
+    """llama3.2.gotmpl is generated (indented JSON needs one printer per depth): the committed file must not drift."""
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "scripts" / "gen_llama32_gotmpl.py"
+    spec = importlib.util.spec_from_file_location("gen_llama32_gotmpl", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.build() == module.OUT.read_text(encoding="utf-8")
