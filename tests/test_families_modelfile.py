@@ -144,6 +144,7 @@ def test_family_modelfile_written_with_template_and_stops(default_gguf: Path, tm
     parsed = parse_modelfile(out)
     assert parsed.template == go_template_for(jinja_template)[1]
     assert parsed.template == _resource_text(f"{family}.gotmpl")
+    assert f"prefix {FAMILY_PREFIX[family]!r}" in out.read_text()
     for marker in FAMILIES[family].end_of_turn:
         assert marker in parsed.parameters["stop"], (family, parsed.parameters)
 

@@ -246,6 +246,8 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
         f"# TEMPLATE: Go equivalent of the model's Jinja chat template ({family}), checked against Go text/template",
         "# with Ollama 0.33.0's template data. Tool-call arguments and the tools block print object keys sorted",
         "# (Ollama passes Go maps), and Ollama drops schema keys such as 'format'/'default'; see docs/serve.md.",
+        *([f"# Ollama reads tool calls after the prefix {ollama_tool_call_prefix(go_template)!r} (derived from the "
+           "TEMPLATE); per-family limits: docs/families.md."] if include_template and go_template else []),
         f"# Create: ollama create {name or gguf_path.stem} -f {out.name}",
         "",
         f"FROM {from_path}",
