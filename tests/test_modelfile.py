@@ -149,15 +149,21 @@ def prompts_of(conversations: list[tuple[list[dict], list[dict] | None]]) -> lis
     return cases
 
 
-@pytest.fixture(scope="module")
+_GO_BINARY: list[Path] = []  # built once per session, shared by every module that imports this fixture
+
+
+@pytest.fixture(scope="session")
 def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     go = shutil.which("go")
     if go is None:
         pytest.skip("the Go toolchain (`go`, Debian package golang-go) is not installed: cannot run text/template")
+    if _GO_BINARY:
+        return _GO_BINARY[0]
     out = tmp_path_factory.mktemp("go") / "ollamatmpl"
     # The harness has no dependencies, so the build never touches the network.
     env = {**os.environ, "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on"}
     subprocess.run([go, "build", "-o", str(out), "."], cwd=TESTS / "go" / "ollamatmpl", check=True, env=env)
+    _GO_BINARY.append(out)
     return out
 
 

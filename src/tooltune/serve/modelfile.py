@@ -1,7 +1,9 @@
 """Modelfiles both ways: write one real Ollama can load, and read one so ``tooltune serve --modelfile`` serves it.
 
 Writing: the GGUF's Jinja chat template is matched against the templates we ship a Go equivalent for
-(``resources/ollama/*.gotmpl``). The Go TEMPLATE renders system, tools, user, assistant text, assistant tool calls
+(``resources/ollama/*.gotmpl``: qwen2.5, qwen3, mistral, phi4-mini, gemma3, smollm3, hermes3, llama3.2; per-family
+figures and limits in docs/families.md).
+The Go TEMPLATE renders system, tools, user, assistant text, assistant tool calls
 (inside ``{{ if .ToolCalls }}`` so Ollama derives the ``<tool_call>`` prefix and returns structured calls) and tool
 results in the same layout as the Jinja template; tests render both on the glaive demo data (Go's own
 ``text/template``, Ollama 0.33.0's template data types) and measure what still differs.
@@ -15,6 +17,7 @@ serve with ``tooltune serve``, which renders the Jinja template itself) and trai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,11 +28,23 @@ from typing import Any
 from tooltune.atomic import write_text
 from tooltune.engines import end_of_turn_strings
 from tooltune.errors import TooltuneError
+from tooltune.families.stops import stop_strings
 
 GO_TEMPLATE_DIR = "resources/ollama"
 
 # Ollama's ToolProperty fields (api/types.go, 0.33.0): every other key of a property schema is dropped on decode.
 OLLAMA_PROPERTY_KEYS = ("anyOf", "type", "items", "description", "enum", "properties", "required")
+# Families with a shipped Jinja template and a Go TEMPLATE proven equal to it (tests/test_families_modelfile.py).
+FAMILY_GO_TEMPLATES = {"qwen3": "qwen3.gotmpl", "mistral": "mistral.gotmpl", "phi4-mini": "phi4-mini.gotmpl",
+                       "gemma3": "gemma3.gotmpl", "smollm3": "smollm3.gotmpl"}
+# Families whose template comes from the user's model folder (not shipped: Llama licence): the Go TEMPLATE is ours and
+# reproduces the layout; the folder's template is recognised by the sha256 of its whitespace-free text.
+FOLDER_TEMPLATE_DIGESTS = {
+    # NousResearch Hermes-3 `tool_use` template (as llama.cpp vendors it)
+    "4b57cee76cd0b66210e6abd2e18835beaf747e9aa3a59a806c61fd142f19c0bc": ("hermes3", "hermes3.gotmpl"),
+    # meta-llama/Llama-3.2-*-Instruct (tool calls in the user turn, one call per reply)
+    "088f0b1cd4aab07e4c04b4a0afd8e4eb6571ec9362b4bb67aaba6cbd58849641": ("llama3.2", "llama3.2.gotmpl"),
+}
 DEFAULT_PARAMETERS: dict[str, Any] = {"temperature": 0.1, "top_p": 0.9}  # the seed's Modelfile values
 
 PARAMETER_TYPES: dict[str, type] = {
@@ -69,7 +84,7 @@ def _known_templates() -> list[tuple[str, str, str]]:
     # Families whose Go TEMPLATE is proven against their shipped Jinja template (tests/test_families_modelfile.py).
     from tooltune.families.family import FAMILIES
 
-    for family, go_file in (("qwen3", "qwen3.gotmpl"),):
+    for family, go_file in FAMILY_GO_TEMPLATES.items():
         jinja_text = FAMILIES[family].template_text()
         if jinja_text is not None:
             known.append((family, _normalise(jinja_text), _resource_text(go_file)))
@@ -82,11 +97,33 @@ def go_template_for(chat_template: str) -> tuple[str, str]:
     for family, jinja_source, go_source in _known_templates():
         if wanted == jinja_source:
             return family, go_source
+    digest = hashlib.sha256(wanted.encode("utf-8")).hexdigest()
+    if digest in FOLDER_TEMPLATE_DIGESTS:
+        family, go_file = FOLDER_TEMPLATE_DIGESTS[digest]
+        return family, _resource_text(go_file)
     raise ModelfileError(
-        "no Go TEMPLATE is known to match this model's chat template (only the Qwen2.5 tool-calling template is "
+        "no Go TEMPLATE is known to match this model's chat template (docs/families.md lists the templates with a "
         "proven equivalent); pass --template FILE with your own Go template, or --no-template to let Ollama 0.30+ "
         "render the GGUF's Jinja chat template"
     )
+
+
+_TOOL_CALLS_IF = re.compile(r"\{\{-?\s*(?:else\s+)?if\b(?:(?!\}\}).)*\.ToolCalls\b(?:(?!\}\}).)*-?\}\}", re.DOTALL)
+_ACTION = re.compile(r"\{\{.*?\}\}", re.DOTALL)
+
+
+def ollama_tool_call_prefix(go_template: str) -> str:
+    """The tool-call prefix Ollama derives from a TEMPLATE: the first text inside the first ``{{ if .ToolCalls }}``
+    block, cut before any ``{`` and stripped; ``{`` when there is none (then any JSON object starts a call)."""
+    match = _TOOL_CALLS_IF.search(go_template)
+    if match is None:
+        return "{"
+    for text in _ACTION.split(go_template[match.end():]):
+        # A trim marker ("{{-" / "-}}") eats the blanks beside it; blanks alone are no prefix either way.
+        if text.strip():
+            tag = text.split("{", 1)[0].strip()
+            return tag or "{"
+    return "{"
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -197,7 +234,11 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
         family, go_template = go_template_for(jinja_template)
     else:
         family = "user-supplied" if go_template else "none (Ollama renders the GGUF's Jinja template)"
-    stops = end_of_turn_strings(jinja_template, eos)
+    if family == "qwen2.5":
+        stops = end_of_turn_strings(jinja_template, eos)  # the proven Qwen2.5 Modelfile stays as it was
+    else:
+        # The family layer's one end-of-turn detector: the template's own end of turn, the family's other ends, EOS.
+        stops = stop_strings(jinja_template, eos) if jinja_template else end_of_turn_strings("", eos)
     merged: dict[str, Any] = dict(DEFAULT_PARAMETERS)
     merged.update(params or {})
     merged["stop"] = list(dict.fromkeys([*stops, *_as_list(merged.get("stop"))]))
@@ -207,6 +248,8 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
         f"# TEMPLATE: Go equivalent of the model's Jinja chat template ({family}), checked against Go text/template",
         "# with Ollama 0.33.0's template data. Tool-call arguments and the tools block print object keys sorted",
         "# (Ollama passes Go maps), and Ollama drops schema keys such as 'format'/'default'; see docs/serve.md.",
+        *([f"# Ollama reads tool calls after the prefix {ollama_tool_call_prefix(go_template)!r} (derived from the "
+           "TEMPLATE); per-family limits: docs/families.md."] if include_template and go_template else []),
         f"# Create: ollama create {name or gguf_path.stem} -f {out.name}",
         "",
         f"FROM {from_path}",
@@ -403,8 +446,11 @@ def canonicalize_for_ollama(messages: list[dict[str, Any]], tools: list[dict[str
                 arguments = body.get("arguments", {})
                 if isinstance(arguments, str):
                     arguments = json.loads(arguments) if arguments.strip() else {}
-                calls.append({"type": "function", "function": {"name": body["name"],
-                                                                "arguments": _sorted_json(arguments)}})
+                canonical_call: dict[str, Any] = {"type": "function", "function": {
+                    "name": body["name"], "arguments": _sorted_json(arguments)}}
+                if isinstance(call.get("id"), str):  # Ollama keeps call ids (Mistral's template prints them)
+                    canonical_call["id"] = call["id"]
+                calls.append(canonical_call)
             message["tool_calls"] = calls
         new_messages.append(message)
     return new_messages, new_tools
