@@ -103,16 +103,17 @@ def served(request: pytest.FixtureRequest, lora_files: dict[str, Path], tmp_path
     process.wait(20)
 
 
-def _generate(url: str, model: str, index: int) -> str:
+def _generate(url: str, model: str, index: int, **options: int) -> str:
     import ollama
 
-    reply = ollama.Client(host=url).generate(model=model, prompt=PROMPTS[index], raw=True, options=GREEDY)
+    reply = ollama.Client(host=url).generate(model=model, prompt=PROMPTS[index], raw=True,
+                                             options=GREEDY | options)
     assert reply.model == model
     return reply.response
 
 
 def test_every_name_listed_and_answers_like_llama_cpp_with_that_adapter(
-        served: str, expected: dict[tuple[str, int], str]) -> None:
+        served: str, expected: dict[tuple[str, int], str], lora_files: dict[str, Path]) -> None:
     import ollama
     import openai
 
@@ -122,6 +123,11 @@ def test_every_name_listed_and_answers_like_llama_cpp_with_that_adapter(
     assert {m.id for m in client.models.list().data} == {BASE, TOOL_A, TOOL_B}
     for name in (BASE, TOOL_A, TOOL_B, BASE):  # back to the base: the adapters were cleared
         assert _generate(served, name, 0) == expected[(name, 0)], name
+    # num_ctx reopens the one-at-a-time context (a new llama.cpp model): the adapters come back with it.
+    assert _generate(served, TOOL_B, 1, num_ctx=128) == expected[(TOOL_B, 1)]
+    assert _generate(served, TOOL_A, 1) == expected[(TOOL_A, 1)]
+    shown = ollama.Client(host=served).show(TOOL_B)
+    assert f"ADAPTER {lora_files[TOOL_B]}" in shown.modelfile
     # The OpenAI API picks the adapter by `model` too: its answer is the Ollama chat answer of the same model.
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     chats = {}

@@ -241,7 +241,7 @@ def _show(state: ServerState) -> dict[str, Any]:
     modified = datetime.fromtimestamp(state.started, tz=timezone.utc).isoformat().replace("+00:00", "Z")
     return {
         "license": "",
-        "modelfile": state.config.modelfile_text or f"FROM {state.model_path}\n",
+        "modelfile": state.modelfile_text,
         "parameters": "\n".join(parameters),
         "template": state.engine.chat_template,
         "system": state.config.system or "",

@@ -121,6 +121,14 @@ class ServerState:
     def digest(self) -> str:
         return self._digests[self.current.name]
 
+    @property
+    def modelfile_text(self) -> str:
+        """What /api/show reports: the Modelfile served or, with several names over one base, the FROM and ADAPTER
+        lines of the name asked about (one Modelfile cannot describe them all)."""
+        if not self.config.adapters:
+            return self.config.modelfile_text or f"FROM {self.model_path}\n"
+        return f"FROM {self.model_path}\n" + "".join(f"ADAPTER {path}\n" for path in self.current.adapter_paths)
+
     def each_model(self) -> Iterator[ServedModel]:
         """Every served name in turn, each the current one while the caller describes it (listings)."""
         for model in self.models:
