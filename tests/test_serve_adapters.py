@@ -191,3 +191,17 @@ def test_bad_adapters_are_refused_before_the_server_starts(lora_files: dict[str,
     modelfile.write_text(f"FROM {default_gguf}\nADAPTER {tool_a}\n")
     with pytest.raises(ServeError, match="Modelfile: ADAPTER: .*another base model"):
         build_server(None, modelfile=str(modelfile))
+
+
+def test_cli_refuses_lora_with_vllm_and_takes_the_dashed_spellings(lora_files: dict[str, Path]) -> None:
+    from typer.testing import CliRunner
+
+    from tooltune.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(lora_files[BASE]), "--engine", "vllm",
+                                      "--lora", f"{TOOL_A}={lora_files[TOOL_A]}"])
+    assert result.exit_code != 0 and "--enable-lora" in str(result.exception), result.output
+    # The option reaches the checks under each spelling (LLaMA-Factory's underscore one too).
+    for flag in ("--lora", "--lora-adapter", "--lora_adapter"):
+        result = CliRunner().invoke(app, ["serve", str(lora_files[BASE]), flag, f"{BASE}={lora_files[TOOL_A]}"])
+        assert result.exit_code != 0 and "already used by the base model" in str(result.exception), result.output

@@ -214,6 +214,9 @@ def register(app: typer.Typer) -> None:
                                              help="A runner silent this long while holding requests is restarted."),
     ) -> None:
         if engine == "vllm":
+            if lora:  # vLLM takes HF-format adapters with --enable-lora, not LoRA GGUFs: say so, never drop them
+                raise TooltuneError("--lora serves LoRA GGUFs with llama.cpp; for vLLM, `tooltune vllm-command "
+                                    "ADAPTER_DIR` prints `vllm serve` with --enable-lora --lora-modules")
             serve_with_vllm(model, host=host, port=port, name=name, chat_template=chat_template)
             return
         if engine != "auto":
