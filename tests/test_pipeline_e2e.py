@@ -90,6 +90,9 @@ def test_run_end_to_end_then_rerun_skips_every_stage(tiny_llama_dir: Path, tmp_p
     unmerged = parse_modelfile(run_dir / "adapter_gguf" / "Modelfile")
     assert unmerged.from_.name == "base-Q8_0.gguf" and [a.name for a in unmerged.adapters] == ["adapter-f16.gguf"]
     assert check_adapter_gguf(unmerged.adapters[0], unmerged.from_).n_pairs > 0
+    adapter_rows = stages["adapter_gguf"]["metrics"]["rows"]  # the report's adapter-vs-merged rows
+    assert [row["model"] for row in adapter_rows] == ["adapter + base F16", "adapter + base Q8_0"]
+    assert all(row["all_cases"] == 4 for row in adapter_rows)
 
     models = [row["model"] for row in stages["eval"]["metrics"]["rows"] + stages["eval_quants"]["metrics"]["rows"]]
     assert len(models) == 4  # base, tuned f16, Q8_0, Q4_K_M

@@ -49,7 +49,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def eval_rows(stages: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for name in ("eval", "eval_quants"):
+    for name in ("eval", "eval_quants", "adapter_gguf"):  # adapter_gguf: the same model unmerged, next to merged
         rows += stages.get(name, {}).get("metrics", {}).get("rows", [])
     return rows
 

@@ -325,6 +325,19 @@ def run_adapter_gguf(ctx: StageContext) -> StageOutput:
                "serve": serve_command}
     summary = (f"{adapter.name} {adapter.stat().st_size / 2**20:.2f} MiB over {served_base.name} "
                f"{served_base.stat().st_size / 2**20:.1f} MiB; {out}")
+    if has_eval_data(config):
+        # What the cheaper path costs: the held-out cases through base + adapter (llama.cpp applying the LoRA, as
+        # `tooltune serve --lora` and Ollama's ADAPTER do), scored like the merged files in eval/eval_quants.
+        from tooltune.eval import evaluate
+        from tooltune.pipeline.evaluation import eval_cases, eval_chat_template, headline_row
+
+        labelled = [(f"adapter + base {f['type']}", f"{f['path']}#{adapter}") for f in files[:-1]]
+        report = evaluate([spec for _, spec in labelled], eval_cases(config), ctx.work_dir / "eval",
+                          max_tokens=config.pipeline.eval_max_new_tokens, chat_template=eval_chat_template(config),
+                          console=ctx.console)
+        metrics["rows"] = [headline_row(label, run) for (label, _), run in zip(labelled, report.runs, strict=True)]
+        summary += "; " + "; ".join(f"{row['model']}: {row['right_name']}/{row['cases']} right function"
+                                    for row in metrics["rows"])
     return StageOutput({"base_gguf": served_base, "adapter_gguf": adapter, "modelfile": out}, summary=summary,
                        metrics=metrics)
 
@@ -461,8 +474,9 @@ def build_stages() -> list[Stage]:
             "LoRA as its own GGUF over the base GGUF (Ollama ADAPTER, serve --lora)",
             deps=("train", "gguf"),
             params=lambda c: {"name": default_serve_name(c), "outtype": c.pipeline.gguf_outtype.lower(),
-                              "quantize": c.pipeline.quantize[:1]},
-            inputs=model_inputs,
+                              "quantize": c.pipeline.quantize[:1],
+                              "eval": eval_params(c) if has_eval_data(c) else None},
+            inputs=lambda c: {**dataset_files(c), **model_inputs(c)},
             enabled=lambda c: c.pipeline.ship_adapter,
         ),
         Stage(
