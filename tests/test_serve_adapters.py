@@ -187,6 +187,11 @@ def test_bad_adapters_are_refused_before_the_server_starts(lora_files: dict[str,
         with pytest.raises(ServeError, match=message) as info:
             build_server(str(model), lora=lora)
         assert "--lora" in str(info.value), info.value
+    # The eval target for base + adapter (the pipeline's adapter rows) refuses the same mismatch.
+    from tooltune.eval.targets import TargetError, open_target
+
+    with pytest.raises(TargetError, match="another base model"):
+        open_target(f"{default_gguf}#{tool_a}")
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(f"FROM {default_gguf}\nADAPTER {tool_a}\n")
     with pytest.raises(ServeError, match="Modelfile: ADAPTER: .*another base model"):
