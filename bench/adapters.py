@@ -7,9 +7,16 @@ Q4_K_M) and the adapter GGUF with ``tooltune lora-gguf``'s code. Then measures:
 * decode tokens/s of base + adapter applied vs the merged model (same type), best of --repeat (goal ≥ 0.9×);
 * the cost of switching adapters on one context, as a server switching per request would: apply + clear through
   ``llama_set_adapters_lora`` timed directly, and one decoded token right after a switch vs one without (goal ≤ 5 ms);
+* the same switch through ``tooltune serve BASE --lora tool=ADAPTER`` (real HTTP, the runner subprocess): latency of
+  one-token ``/api/generate`` requests whose model differs from the previous request's (the runner switches
+  adapters) vs requests for the same model as the previous one, interleaved; the difference of the medians is what
+  a per-request switch costs a client (goal ≤ 5 ms). Prompts differ from their first word, so no request reuses
+  another's cached prompt either way (a switch also drops the runner's prompt-prefix cache: for chats that share a
+  long prefix, that costs the prefix's re-evaluation on top);
 * file sizes: what one more tool set costs to ship either way.
 
     python bench/adapters.py [--tokens 128] [--repeat 3] [--rank 16] [--threads 2] [--switches 200]
+                             [--server-requests 80]
 """
 
 from __future__ import annotations
@@ -124,6 +131,57 @@ def switch_costs(llm, prompt: list[int], switches: int) -> tuple[float, float, f
     return float(np.median(pairs)) * 1e3, float(np.median(switched)) * 1e3, float(np.median(steady)) * 1e3
 
 
+def server_switch_cost(base: Path, adapter: Path, threads: int, requests: int) -> tuple[float, float, int]:
+    """(median ms of a request right after a model switch, median ms of one without, requests) through the server."""
+    import os
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "tooltune", "serve", str(base), "--name", "base", "--lora",
+                                f"tool={adapter}", "--port", str(port), "--n-ctx", "512", "--n-threads", str(threads)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"tooltune serve exited with code {process.returncode}")
+            try:
+                if httpx.get(url, timeout=1).text == "Ollama is running":
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("tooltune serve did not come up")
+            time.sleep(0.3)
+        words = ["apple", "river", "stone", "cloud", "maple", "tiger", "ocean", "piano", "lemon", "castle"]
+        switched, steady = [], []
+        previous = "base"
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for i in range(requests + 4):
+                model = "tool" if (i // 2) % 2 == 0 else "base"  # tool, tool, base, base, ...: half are switches
+                prompt = (f"<|im_start|>user\n{words[i % 10]} {i}: name a tool for this.<|im_end|>\n"
+                          "<|im_start|>assistant\n")
+                start = time.perf_counter()
+                reply = client.post("/api/generate", json={"model": model, "prompt": prompt, "raw": True,
+                                                           "stream": False,
+                                                           "options": {"temperature": 0, "num_predict": 1}})
+                elapsed = time.perf_counter() - start
+                reply.raise_for_status()
+                if i >= 4:  # the first requests warm the runner up
+                    (switched if model != previous else steady).append(elapsed)
+                previous = model
+        return float(np.median(switched)) * 1e3, float(np.median(steady)) * 1e3, len(switched) + len(steady)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=128)
@@ -131,6 +189,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--switches", type=int, default=200)
+    parser.add_argument("--server-requests", type=int, default=80,
+                        help="requests through tooltune serve for the per-request switch cost (0: skip)")
     parser.add_argument("--keep", action="store_true", help="keep the built files (their folder is printed)")
     args = parser.parse_args()
 
@@ -165,8 +225,17 @@ def main() -> None:
                   f"ratio {ours / theirs:.3f}x (goal ≥ 0.9x)", flush=True)
         print(f"adapter switch: apply + clear {apply_ms:.3f} ms · token right after a switch {switched_ms:.2f} ms vs "
               f"{steady_ms:.2f} ms without → {switched_ms - steady_ms:+.2f} ms per switch (goal ≤ 5 ms)")
+        served = ""
+        if args.server_requests > 0:
+            print(f"switching per request through tooltune serve ({args.server_requests} one-token requests) ...",
+                  flush=True)
+            after_switch, same_model, count = server_switch_cost(files["base_f16"], files["adapter"], args.threads,
+                                                                 args.server_requests)
+            print(f"served: request after a model switch {after_switch:.2f} ms vs same model {same_model:.2f} ms "
+                  f"(medians of {count}) → {after_switch - same_model:+.2f} ms per switch (goal ≤ 5 ms)")
+            served = f", served {after_switch - same_model:+.2f} ms"
         print(f"summary: decode ratio F16 {ratios['f16']:.3f}x, Q4_K_M base {ratios['q4']:.3f}x · switch "
-              f"{apply_ms:.3f} ms set/clear, {switched_ms - steady_ms:+.2f} ms per request · adapter "
+              f"{apply_ms:.3f} ms set/clear, {switched_ms - steady_ms:+.2f} ms per request{served} · adapter "
               f"{mib['adapter']:.2f} MiB vs merged Q4_K_M {mib['merged_q4']:.1f} MiB · rank {args.rank}, "
               f"{args.threads} threads")
     finally:

@@ -92,7 +92,7 @@ def test_parse_modelfile_seed_style(tmp_path: Path, default_gguf: Path) -> None:
         ("FROM {gguf}\nPARAMETER temprature 0.1\n", "unknown PARAMETER 'temprature'"),
         ("FROM {gguf}\nPARAMETER top_k many\n", "is not a int"),
         ('FROM {gguf}\nTEMPLATE """never closed\n', "never closes"),
-        ("FROM {gguf}\nADAPTER ./lora\n", "ADAPTER is not supported"),
+        ("FROM {gguf}\nADAPTER ./lora.gguf\n", "ADAPTER .*lora.gguf does not exist"),
         ("FROM {gguf}\nFROBNICATE x\n", "unknown instruction FROBNICATE"),
     ],
 )

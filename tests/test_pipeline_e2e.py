@@ -43,6 +43,7 @@ def write_config(path: Path, model_dir: Path, run_dir: Path, **overrides: object
         "eval_max_new_tokens": 24,
         "eval_max_cases": 4,
         "gguf_report_tokens": 256,
+        "ship_adapter": True,
         "run_dir": str(run_dir),
     } | overrides
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -82,6 +83,16 @@ def test_run_end_to_end_then_rerun_skips_every_stage(tiny_llama_dir: Path, tmp_p
     assert "FROM" in modelfile and "model-Q8_0.gguf" in modelfile and "PARAMETER stop" in modelfile
     # A Go TEMPLATE only where one is proven equal to the GGUF's chat template; otherwise the report says why.
     assert "TEMPLATE" in modelfile or stages["modelfile"]["metrics"]["warnings"]
+    # The unmerged way: base Q8_0 + LoRA GGUF, a Modelfile with ADAPTER that `tooltune serve` accepts.
+    from tooltune.gguf.adapter import check_adapter_gguf
+    from tooltune.serve.modelfile import parse_modelfile
+
+    unmerged = parse_modelfile(run_dir / "adapter_gguf" / "Modelfile")
+    assert unmerged.from_.name == "base-Q8_0.gguf" and [a.name for a in unmerged.adapters] == ["adapter-f16.gguf"]
+    assert check_adapter_gguf(unmerged.adapters[0], unmerged.from_).n_pairs > 0
+    adapter_rows = stages["adapter_gguf"]["metrics"]["rows"]  # the report's adapter-vs-merged rows
+    assert [row["model"] for row in adapter_rows] == ["adapter + base F16", "adapter + base Q8_0"]
+    assert all(row["all_cases"] == 4 for row in adapter_rows)
 
     models = [row["model"] for row in stages["eval"]["metrics"]["rows"] + stages["eval_quants"]["metrics"]["rows"]]
     assert len(models) == 4  # base, tuned f16, Q8_0, Q4_K_M
@@ -96,6 +107,7 @@ def test_run_end_to_end_then_rerun_skips_every_stage(tiny_llama_dir: Path, tmp_p
         "## GGUF files",
         "## Modelfile",
         "## Serve",
+        "## Adapter (unmerged)",
     ):
         assert heading in report
     assert "tooltune serve" in report and "ollama create tiny-toolcall" in report

@@ -21,6 +21,7 @@ access (see ``tooltune.serve.scheduler``).
 from __future__ import annotations
 
 import codecs
+import ctypes
 import inspect
 import os
 import threading
@@ -53,6 +54,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF text; only the llama.cpp engine can honour it
     n_ctx: int | None = None  # Ollama's num_ctx: this request's context window (None: the engine's)
+    adapter: str | None = None  # served model name whose LoRA adapters apply (None: the base model alone)
 
 
 @dataclass
@@ -192,7 +194,7 @@ class LlamaCppEngine(Engine):
     supports_grammar = True
 
     def __init__(self, path: Path, n_ctx: int = 4096, n_threads: int | None = None,
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None, adapters: dict[str, list[Path]] | None = None) -> None:
         try:
             import llama_cpp
         except ImportError as exc:  # pragma: no cover - depends on the install
@@ -218,6 +220,12 @@ class LlamaCppEngine(Engine):
         self.metadata = metadata
         self._is_end_of_generation = self._end_of_generation_check()
         self._lock = threading.Lock()
+        # Served model name -> its LoRA GGUFs. Each file is loaded once over the shared weights and applied to a
+        # context per request (llama_set_adapters_lora), so switching models never reloads the base.
+        self.adapter_paths = {name: [Path(p) for p in paths] for name, paths in (adapters or {}).items()}
+        self._adapter_handles: dict[Path, Any] = {}
+        self._load_adapters()
+        self._main_adapter: str | None = None  # what the main context has applied now
 
     def _open(self, path: Path, n_ctx: int) -> Any:
         return self._llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self._threads,
@@ -228,10 +236,52 @@ class LlamaCppEngine(Engine):
         (llama.cpp sizes the KV cache when the context is created). The weights are memory-mapped, so this is fast."""
         if n_ctx == self.llm.n_ctx():
             return
+        self._free_adapters()
         self.llm.close()
         self.llm = self._open(self.path, n_ctx)
         # The end-of-generation check holds the old model's vocabulary pointer: rebind it to the new model.
         self._is_end_of_generation = self._end_of_generation_check()
+        # Adapters belong to the model they were loaded on: load them onto the reopened one.
+        self._load_adapters()
+        self._main_adapter = None
+
+    # ---- LoRA adapters ----
+
+    def _load_adapters(self) -> None:
+        lib = self._llama_cpp
+        for paths in self.adapter_paths.values():
+            for path in paths:
+                if path in self._adapter_handles:
+                    continue
+                handle = lib.llama_adapter_lora_init(self.llm.model, str(path).encode("utf-8"))
+                if not handle:
+                    raise EngineError(f"{path}: llama.cpp could not load this LoRA adapter for {self.path} "
+                                      "(see its log above)")
+                self._adapter_handles[path] = handle
+
+    def _free_adapters(self) -> None:
+        for handle in self._adapter_handles.values():
+            self._llama_cpp.llama_adapter_lora_free(handle)
+        self._adapter_handles = {}
+
+    def set_adapter(self, ctx: Any, adapter: str | None) -> None:
+        """Apply the adapters of served model ``adapter`` to llama.cpp context ``ctx`` (None: clear them)."""
+        lib = self._llama_cpp
+        if adapter is not None and adapter not in self.adapter_paths:
+            raise EngineError(f"no adapter named {adapter!r} is loaded (loaded: {sorted(self.adapter_paths)})")
+        handles = [self._adapter_handles[p] for p in self.adapter_paths.get(adapter or "", [])] if adapter else []
+        array = (lib.llama_adapter_lora_p_ctypes * max(1, len(handles)))(*handles)
+        scales = (ctypes.c_float * max(1, len(handles)))(*([1.0] * len(handles)))
+        if lib.llama_set_adapters_lora(ctx, array, len(handles), scales):
+            raise EngineError(f"llama.cpp refused to apply the adapters of {adapter!r}")
+
+    def _use_adapter(self, adapter: str | None) -> None:
+        if adapter == self._main_adapter:
+            return
+        self.set_adapter(self.llm.ctx, adapter)
+        self._main_adapter = adapter
+        # The cached prompt prefix was computed under other adapters: reusing it would leak their effect.
+        self.llm.reset()
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -274,6 +324,7 @@ class LlamaCppEngine(Engine):
         tokens = self.tokenize(prompt)
         window = self._check_budget(len(tokens), params)
         self._use_context(window)
+        self._use_adapter(params.adapter)
         max_tokens = min(params.max_tokens, window - len(tokens))
         grammar = self._compile_grammar(params.grammar) if params.grammar else None
         self.llm.set_seed(params.seed)
@@ -324,6 +375,7 @@ class LlamaCppEngine(Engine):
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
+            self._free_adapters()  # before the model they were loaded on
             llm.close()
 
 
@@ -470,14 +522,18 @@ def _default_threads() -> int:
 
 
 def load_engine(model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                chat_template: str | None = None, trust_remote_code: bool = False) -> Engine:
+                chat_template: str | None = None, trust_remote_code: bool = False,
+                adapters: dict[str, list[Path]] | None = None) -> Engine:
     """A GGUF file loads through llama.cpp, a directory through transformers.
 
     ``chat_template`` (Jinja source) replaces the model's own template.
     """
     path = Path(model).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
-        return LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads, chat_template=chat_template)
+        return LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads, chat_template=chat_template,
+                              adapters=adapters)
+    if adapters:
+        raise EngineError(f"{path}: LoRA adapters (--lora, ADAPTER) are served over a GGUF base only")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise EngineError(f"{path}: not a model directory (no config.json)")

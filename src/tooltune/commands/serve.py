@@ -51,13 +51,17 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
                  n_ctx: int = 4096, n_threads: int | None = None, max_body_mb: float = 8.0,
                  max_tokens_limit: int | None = None, parameters: dict[str, Any] | None = None,
                  stream_interval_ms: float = 50.0, limits: Any = None,
-                 wedge_seconds: float | None = None, parallel: int = 1) -> Any:
+                 wedge_seconds: float | None = None, parallel: int = 1, lora: list[str] | None = None) -> Any:
     """Start the model runner and return the FastAPI app (the typed entry point the CLI and the pipeline call).
 
     The model is loaded in a runner subprocess (``tooltune.serve.runner``): this process never imports native
     inference code, and a crash there costs the requests it held a 503, not the server.
+
+    ``lora`` (``NAME=ADAPTER.gguf`` each) and a Modelfile's ``ADAPTER`` lines add served names over the same base:
+    checked here, before the runner starts, then loaded once in the runner and applied per request.
     """
     from tooltune.default_model import default_gguf_path
+    from tooltune.serve.adapters import AdapterServeError, check_served_models, parse_lora_option
     from tooltune.serve.app import create_app
     from tooltune.serve.modelfile import parse_modelfile
     from tooltune.serve.runner_client import DEFAULT_WEDGE_SECONDS, RunnerEngine
@@ -65,6 +69,7 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
     defaults: dict[str, Any] = {}
     messages: list[dict[str, Any]] = []
     modelfile_text = ""
+    adapter_specs: list[tuple[str, list[Path], str]] = []
     if modelfile:
         spec = parse_modelfile(modelfile)
         if model and Path(model).resolve() != spec.from_.resolve():
@@ -74,6 +79,11 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
         system = system or spec.system
         messages = spec.messages
         modelfile_text = spec.text
+        if spec.adapters:
+            # The Modelfile describes the adapted model: it answers to --name (default: the first adapter's file
+            # name), and the base stays available under its own file name.
+            adapter_specs.append((name or spec.adapters[0].stem, spec.adapters, f"{modelfile}: ADAPTER"))
+            name = None
         if spec.template and not chat_template:
             console.print("[yellow]note:[/yellow] the Modelfile's Go TEMPLATE is for Ollama; tooltune renders the "
                           "model's Jinja chat template (the one it was trained with); --chat-template changes it.")
@@ -81,14 +91,22 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
         n_ctx = int(defaults["num_ctx"])
     defaults.update({k: v for k, v in (parameters or {}).items() if v is not None})
     model_path = Path(model) if model else default_gguf_path()
+    served_name = name or model_path.stem
+    try:
+        for value in lora or []:
+            lora_name, lora_path = parse_lora_option(value)
+            adapter_specs.append((lora_name, [lora_path], f"--lora {value}"))
+        adapters = check_served_models(model_path, served_name, adapter_specs)
+    except AdapterServeError as exc:
+        raise ServeError(str(exc)) from exc
     engine = RunnerEngine(model_path, n_ctx=n_ctx, n_threads=n_threads,
                           chat_template=resolve_chat_template(chat_template),
-                          wedge_seconds=wedge_seconds or DEFAULT_WEDGE_SECONDS, parallel=parallel)
-    served_name = name or model_path.stem
+                          wedge_seconds=wedge_seconds or DEFAULT_WEDGE_SECONDS, parallel=parallel,
+                          adapters=adapters)
     app = create_app(engine, served_name, defaults=defaults, system=system, messages=messages, api_key=api_key,
                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_limit=max_tokens_limit,
                      modelfile_text=modelfile_text, stream_interval=max(0.0, stream_interval_ms) / 1000,
-                     limits=limits or RequestLimits())
+                     limits=limits or RequestLimits(), adapters=adapters)
     return app
 
 
@@ -131,8 +149,12 @@ def serve(model: str | None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
     app = build_server(model, **kwargs)
     state = app.state.tooltune
     engine = state.engine
+    adapter_names = [m.name for m in state.models if m.adapter]
     console.print(
-        f"serving [bold]{state.name}[/bold] ({getattr(engine, 'kind', engine.__class__.__name__)} in runner pid "
+        f"serving [bold]{state.name}[/bold]"
+        + (f" and {len(adapter_names)} adapter model(s) [bold]{', '.join(adapter_names)}[/bold]" if adapter_names
+           else "")
+        + f" ({getattr(engine, 'kind', engine.__class__.__name__)} in runner pid "
         f"{getattr(engine, 'runner_pid', '-')}, ctx {engine.context_length}, loaded in {engine.load_seconds:.1f}s) "
         f"on http://{host}:{port} — Ollama /api/* and OpenAI /v1/*"
     )
@@ -185,10 +207,16 @@ def register(app: typer.Typer) -> None:
         parallel: int = typer.Option(1, "--parallel", "--num-parallel", "--num_parallel",
                                      help="Requests decoded together in one batch (llama.cpp slots); each gets "
                                           "--n-ctx tokens of context."),
+        lora: list[str] | None = typer.Option(None, "--lora", "--lora-adapter", "--lora_adapter",
+                                              help="NAME=ADAPTER.gguf: also serve the base with this LoRA GGUF as "
+                                                   "model NAME (repeatable; switched per request)."),
         runner_timeout: float = typer.Option(120.0, "--runner-timeout", "--runner_timeout",
                                              help="A runner silent this long while holding requests is restarted."),
     ) -> None:
         if engine == "vllm":
+            if lora:  # vLLM takes HF-format adapters with --enable-lora, not LoRA GGUFs: say so, never drop them
+                raise TooltuneError("--lora serves LoRA GGUFs with llama.cpp; for vLLM, `tooltune vllm-command "
+                                    "ADAPTER_DIR` prints `vllm serve` with --enable-lora --lora-modules")
             serve_with_vllm(model, host=host, port=port, name=name, chat_template=chat_template)
             return
         if engine != "auto":
@@ -196,7 +224,7 @@ def register(app: typer.Typer) -> None:
         serve(model, host=host, port=port, name=name, modelfile=modelfile, chat_template=chat_template,
               system=system, api_key=api_key, n_ctx=n_ctx, n_threads=n_threads, max_body_mb=max_body_mb,
               max_tokens_limit=max_tokens_limit, stream_interval_ms=stream_interval_ms,
-              shutdown_seconds=shutdown_seconds, wedge_seconds=runner_timeout, parallel=max(1, parallel),
+              shutdown_seconds=shutdown_seconds, wedge_seconds=runner_timeout, parallel=max(1, parallel), lora=lora,
               limits=RequestLimits(max_json_depth=max_json_depth, max_schema_bytes=max_schema_bytes,
                                    max_schema_depth=max_schema_depth, max_schema_repeat=max_schema_repeat),
               parameters={"temperature": temperature, "top_p": top_p, "top_k": top_k,

@@ -4,6 +4,7 @@ Target spec strings (``tooltune eval --model SPEC``):
 
 * ``path/to/model.gguf``            llama.cpp (``tooltune.engines``)
 * ``path/to/hf_dir``                transformers (``tooltune.engines``)
+* ``base.gguf#adapter.gguf``        llama.cpp with that LoRA GGUF applied over the base (unmerged, as served)
 * ``http://host:port/v1[#model]``   OpenAI-compatible chat completions (``tooltune serve``, vLLM, llama-server ...)
 * ``openai:http://host:port[#model]``  the same, explicitly
 * ``ollama:http://host:port[#model]``  Ollama's ``/api/chat`` (``tooltune serve`` or real Ollama); a plain URL on
@@ -88,12 +89,15 @@ def resolve_chat_template(value: str | None) -> str | None:
 class EngineTarget(Target):
     """An HF directory or GGUF file through ``tooltune.engines.load_engine``."""
 
-    def __init__(self, path: Path, chat_template: str | None = None, n_ctx: int = 4096) -> None:
+    def __init__(self, path: Path, chat_template: str | None = None, n_ctx: int = 4096,
+                 adapter: Path | None = None) -> None:
         from tooltune.engines import load_engine
 
-        self.engine = load_engine(path, n_ctx=n_ctx, chat_template=chat_template)
+        adapters = {"adapter": [adapter]} if adapter is not None else None
+        self.adapter = "adapter" if adapter is not None else None
+        self.engine = load_engine(path, n_ctx=n_ctx, chat_template=chat_template, adapters=adapters)
         self.kind = "gguf" if path.suffix.lower() == ".gguf" else "hf"
-        self.label = path.name
+        self.label = path.name if adapter is None else f"{path.name}+{adapter.name}"
         self._check_template_shows_tools()
 
     def _check_template_shows_tools(self) -> None:
@@ -118,7 +122,8 @@ class EngineTarget(Target):
         from tooltune.families.respond import RespondOptions, respond
 
         started = time.perf_counter()
-        params = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed)
+        params = SamplingParams(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed,
+                                adapter=self.adapter)
         try:
             # The same turn as `tooltune chat`; scoring re-reads the raw text (strict and lenient from one decode).
             reply = respond(self.engine, case.messages, case.tools or None, RespondOptions(params=params))
@@ -313,9 +318,18 @@ def open_target(spec: str, chat_template: str | None = None, n_ctx: int = 4096) 
             api = "ollama" if urlsplit(url).port == OLLAMA_DEFAULT_PORT else "openai"
         # --chat-template only concerns model files: a server renders with its own template.
         return OllamaTarget(url, model) if api == "ollama" else OpenAITarget(url, model)
+    adapter = None
+    if model is not None:  # base.gguf#adapter.gguf: the LoRA applied over the base by llama.cpp
+        from tooltune.gguf.adapter import AdapterGGUFError, check_adapter_gguf
+
+        try:
+            adapter = check_adapter_gguf(Path(model).expanduser(), Path(url).expanduser()).path
+        except AdapterGGUFError as exc:
+            raise TargetError(f"{spec}: {exc}") from exc
+        spec = url
     path = Path(spec).expanduser()
     if not path.exists():
         raise TargetError(f"{spec}: no such model file or directory (or give a server URL)")
     if path.is_file() and path.suffix.lower() != ".gguf":
         raise TargetError(f"{spec}: expected a .gguf file, an HF model directory or a server URL")
-    return EngineTarget(path, chat_template=resolve_chat_template(chat_template), n_ctx=n_ctx)
+    return EngineTarget(path, chat_template=resolve_chat_template(chat_template), n_ctx=n_ctx, adapter=adapter)

@@ -69,6 +69,11 @@ class PipelineArguments:
         default="gguf",
         metadata=_help("score the tuned model through its F16 GGUF with llama.cpp (fast) or the merged HF dir"),
     )
+    ship_adapter: bool = field(
+        default=False,
+        metadata=_help("also ship the LoRA unmerged: base GGUF (+ first quantize type) and a LoRA GGUF, with a "
+                       "Modelfile using ADAPTER and the `tooltune serve BASE --lora NAME=ADAPTER` command"),
+    )
     preview_samples: int = field(default=2, metadata=_help("samples the preview stage prints (the seed's debug view)"))
     synth: dict[str, Any] | None = field(
         default=None,

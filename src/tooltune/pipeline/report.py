@@ -49,7 +49,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def eval_rows(stages: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for name in ("eval", "eval_quants"):
+    for name in ("eval", "eval_quants", "adapter_gguf"):  # adapter_gguf: the same model unmerged, next to merged
         rows += stages.get(name, {}).get("metrics", {}).get("rows", [])
     return rows
 
@@ -237,6 +237,17 @@ def render_report(manifest: dict[str, Any], run_dir: Path, report_stage: str = "
             f'"messages": [{{"role": "user", "content": "..."}}], "tools": [...]}}\''
         )
         lines += ["```", ""]
+
+    unmerged = _metrics(stages, "adapter_gguf")
+    if unmerged:
+        # The other way to ship the same fine-tune: the base once, then a few MiB per tool set.
+        lines += ["## Adapter (unmerged)", ""]
+        rows = [[f"`{f['name']}`", str(f.get("type", "")), format_bytes(f.get("bytes"))]
+                for f in unmerged.get("files", [])]
+        lines += _table(["file", "type", "size"], rows)
+        lines += ["", f"`{unmerged.get('path')}`:", "", "```dockerfile", str(unmerged.get("text", "")).rstrip(), "```",
+                  "", "```bash", f"{unmerged.get('serve')}   # base and adapter, one process, both APIs",
+                  f"ollama create {unmerged.get('name')} -f {unmerged.get('path')}", "```", ""]
 
     sample = _metrics(stages, "eval").get("sample") or _metrics(stages, "eval_quants").get("sample")
     if sample:

@@ -287,6 +287,61 @@ def run_modelfile(ctx: StageContext) -> StageOutput:
     return StageOutput({"modelfile": out}, summary=summary, metrics=metrics)
 
 
+def run_adapter_gguf(ctx: StageContext) -> StageOutput:
+    """The unmerged way to ship (``ship_adapter``): the base as GGUF (quantized like the merged model) plus the LoRA
+    as its own llama.cpp adapter GGUF, a Modelfile with ``FROM base`` + ``ADAPTER``, next to the merged files."""
+    from tooltune.gguf.adapter import convert_adapter
+    from tooltune.gguf.convert import convert
+    from tooltune.gguf.quantize import quantize_gguf
+    from tooltune.serve.modelfile import ModelfileError, go_template_for, read_gguf_chat_info, write_modelfile
+
+    config: PipelineConfig = ctx.config
+    outtype = config.pipeline.gguf_outtype.lower()
+    # The base GGUF carries the training chat template (the merged GGUF's), so the adapter is prompted as trained.
+    chat_template, _ = read_gguf_chat_info(ctx.upstream_output("gguf", "gguf"))
+    base = convert(base_model_dir(config), ctx.work_dir / f"base-{outtype}.gguf", outtype,
+                   chat_template=chat_template or None, show_progress=False).path
+    files = [{"name": base.name, "path": str(base), "type": outtype.upper(), "bytes": base.stat().st_size}]
+    served_base = base
+    if config.pipeline.quantize:
+        qtype = config.pipeline.quantize[0]
+        served_base = quantize_gguf(base, ctx.work_dir / f"base-{qtype}.gguf", qtype, show_progress=False).output
+        files.append({"name": served_base.name, "path": str(served_base), "type": qtype,
+                      "bytes": served_base.stat().st_size})
+    # The adapter's tensors are checked against the F16 base; the same names and shapes hold for its quantized copy.
+    adapter = convert_adapter(ctx.upstream_output("train", "adapter"), base, ctx.work_dir / "adapter-f16.gguf",
+                              "f16").path
+    files.append({"name": adapter.name, "path": str(adapter), "type": "LoRA F16", "bytes": adapter.stat().st_size})
+    name = default_serve_name(config)
+    out = ctx.work_dir / "Modelfile"
+    try:
+        go_template_for(chat_template)
+        include_template = True
+    except ModelfileError:
+        include_template = False  # the merged Modelfile's warning says why; Ollama renders the GGUF's Jinja
+    write_modelfile(served_base, out, name=name, include_template=include_template, adapter=adapter)
+    serve_command = f"tooltune serve {served_base} --lora {name}={adapter}"
+    metrics = {"files": files, "name": name, "path": str(out), "text": out.read_text(encoding="utf-8"),
+               "serve": serve_command}
+    summary = (f"{adapter.name} {adapter.stat().st_size / 2**20:.2f} MiB over {served_base.name} "
+               f"{served_base.stat().st_size / 2**20:.1f} MiB; {out}")
+    if has_eval_data(config):
+        # What the cheaper path costs: the held-out cases through base + adapter (llama.cpp applying the LoRA, as
+        # `tooltune serve --lora` and Ollama's ADAPTER do), scored like the merged files in eval/eval_quants.
+        from tooltune.eval import evaluate
+        from tooltune.pipeline.evaluation import eval_cases, eval_chat_template, headline_row
+
+        labelled = [(f"adapter + base {f['type']}", f"{f['path']}#{adapter}") for f in files[:-1]]
+        report = evaluate([spec for _, spec in labelled], eval_cases(config), ctx.work_dir / "eval",
+                          max_tokens=config.pipeline.eval_max_new_tokens, chat_template=eval_chat_template(config),
+                          console=ctx.console)
+        metrics["rows"] = [headline_row(label, run) for (label, _), run in zip(labelled, report.runs, strict=True)]
+        summary += "; " + "; ".join(f"{row['model']}: {row['right_name']}/{row['cases']} right function"
+                                    for row in metrics["rows"])
+    return StageOutput({"base_gguf": served_base, "adapter_gguf": adapter, "modelfile": out}, summary=summary,
+                       metrics=metrics)
+
+
 def run_report(ctx: StageContext) -> StageOutput:
     from tooltune.pipeline.manifest import read_manifest
     from tooltune.pipeline.report import write_report
@@ -414,10 +469,22 @@ def build_stages() -> list[Stage]:
             params=lambda c: {"name": default_serve_name(c), "quantize": c.pipeline.quantize[:1]},
         ),
         Stage(
+            "adapter_gguf",
+            run_adapter_gguf,
+            "LoRA as its own GGUF over the base GGUF (Ollama ADAPTER, serve --lora)",
+            deps=("train", "gguf"),
+            params=lambda c: {"name": default_serve_name(c), "outtype": c.pipeline.gguf_outtype.lower(),
+                              "quantize": c.pipeline.quantize[:1],
+                              "eval": eval_params(c) if has_eval_data(c) else None},
+            inputs=lambda c: {**dataset_files(c), **model_inputs(c)},
+            enabled=lambda c: c.pipeline.ship_adapter,
+        ),
+        Stage(
             "report",
             run_report,
             "report.md + charts",
-            deps=("preview", "train", "export", "gguf", "eval", "quantize", "eval_quants", "modelfile"),
+            deps=("preview", "train", "export", "gguf", "eval", "quantize", "eval_quants", "modelfile",
+                  "adapter_gguf"),
         ),
     ]
 

@@ -6,7 +6,10 @@ request bounded to ``n_ctx`` of them), its own sampler chain (penalties, top-k, 
 and its grammar), its own stop matcher and UTF-8 decoder. One loop builds one ``llama_batch`` per step holding the
 next token of every decoding slot plus as much of new prompts as fits, calls ``llama_decode`` once, and samples each
 slot from its own logits row. New requests join between steps; finished or cancelled ones leave and free their
-cells. On a CPU the weights are read once per step for all slots instead of once per slot; how much that buys
+cells. LoRA adapters apply to a whole context, so one ``llama_decode`` serves one model: requests join only while
+they ask for the adapter the running ones use; a request for another one waits (and holds back those behind it, so
+nobody starves) until the batch drains, then the context switches adapters. On a CPU the weights are read once per
+step for all slots instead of once per slot; how much that buys
 depends on the model and the CPU (measured in ``docs/serve.md``: small on the 135M demo model, whose per-token cost
 is compute, not memory).
 """
@@ -14,6 +17,7 @@ is compute, not memory).
 from __future__ import annotations
 
 import codecs
+import collections
 import queue
 import time
 from collections.abc import Callable
@@ -65,6 +69,17 @@ class BatchedLoop:
         self.batch = lib.llama_batch_init(n_batch, 0, 1)
         self.free_seqs = list(range(parallel))
         self.slots: list[Slot] = []
+        self.adapter: str | None = None  # the served model whose adapters this context has applied
+
+    def can_admit(self, adapter: str | None) -> bool:
+        """A request joins the running batch only if it uses the same adapters (one decode applies one set)."""
+        return not self.slots or adapter == self.adapter
+
+    def use_adapter(self, adapter: str | None) -> None:
+        if adapter != self.adapter:
+            assert not self.slots, "adapters switch only between batches"
+            self.engine.set_adapter(self.ctx, adapter)
+            self.adapter = adapter
 
     # ---- slots ----
 
@@ -102,6 +117,7 @@ class BatchedLoop:
             raise EngineError(f"num_ctx {params.n_ctx} is above this server's per-request context of "
                               f"{self.slot_ctx} (--n-ctx with --parallel {self.parallel})")
         window = engine._check_budget(len(tokens), params)
+        self.use_adapter(params.adapter)
         seq = self.free_seqs.pop()
         try:
             sampler = self._sampler(params, tokens)
@@ -205,23 +221,39 @@ def serve_batched(engine: LlamaCppEngine, parallel: int, jobs: queue.Queue[dict[
             send({"id": slot.job_id, "done": result.__dict__})
         loop.release(slot)
 
+    waiting: collections.deque[dict[str, Any]] = collections.deque()  # taken from ``jobs``, not yet admitted
+
+    def drop_cancelled() -> None:
+        for command in [c for c in waiting if is_cancelled(c["id"])]:
+            waiting.remove(command)
+            send({"id": command["id"], "error": "cancelled", "kind": "cancelled"})
+
     while True:
         while loop.free_seqs:  # join waiting requests between steps (block only when nothing is decoding)
-            try:
-                command = jobs.get(block=not loop.slots)
-            except queue.Empty:
-                break
-            if command is None:
-                return
-            if is_cancelled(command["id"]):
-                send({"id": command["id"], "error": "cancelled", "kind": "cancelled"})
+            if not waiting:
+                try:
+                    command = jobs.get(block=not loop.slots)
+                except queue.Empty:
+                    break
+                if command is None:
+                    return
+                waiting.append(command)
+            drop_cancelled()
+            if not waiting:
                 continue
+            command = waiting[0]
+            params = sampling_params(command.get("params", {}))
+            if not loop.can_admit(params.adapter):
+                break  # another adapter: it (and whoever came after it) waits for this batch to drain
+            waiting.popleft()
             try:
-                loop.admit(command["id"], command["prompt"], sampling_params(command.get("params", {})))
+                loop.admit(command["id"], command["prompt"], params)
             except EngineError as exc:
                 send({"id": command["id"], "error": str(exc), "kind": "request"})
             except Exception as exc:  # this request fails; the runner and the other slots carry on
                 send({"id": command["id"], "error": f"{type(exc).__name__}: {exc}", "kind": "internal"})
+        if not loop.slots and waiting:
+            continue  # the head of the queue was held back by the batch that just drained: admit it now
         for slot in list(loop.slots):
             if is_cancelled(slot.job_id):
                 finish(slot, "stop")

@@ -293,6 +293,7 @@ class Modelfile:
     messages: list[dict[str, str]] = field(default_factory=list)
     license: str | None = None
     text: str = ""
+    adapters: list[Path] = field(default_factory=list)  # ADAPTER lines: LoRA GGUFs applied over FROM, in order
 
 
 _INSTRUCTION = re.compile(r"^\s*([A-Za-z]+)\s+(.*)$", re.DOTALL)
@@ -371,7 +372,13 @@ def parse_modelfile(path: str | Path) -> Modelfile:
         elif command == "LICENSE":
             result.license = argument
         elif command == "ADAPTER":
-            raise ModelfileError(f"{where}: ADAPTER is not supported: merge the adapter first (tooltune export)")
+            adapter = Path(argument.strip()).expanduser()
+            adapter = adapter if adapter.is_absolute() else (path.parent / adapter)
+            if not adapter.is_file():
+                problem = "is a directory, not a LoRA GGUF (tooltune lora-gguf converts one)" if adapter.is_dir() \
+                    else "does not exist"
+                raise ModelfileError(f"{where}: ADAPTER {adapter} {problem}")
+            result.adapters.append(adapter)
         else:
             raise ModelfileError(f"{where}: unknown instruction {command}")
     if model is None:

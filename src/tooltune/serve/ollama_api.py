@@ -97,15 +97,16 @@ def build_router(state: ServerState) -> APIRouter:
 
     @router.get("/api/tags")
     async def tags() -> Any:
-        return {"models": [_model_entry(state)]}
+        return {"models": [_model_entry(state) for _ in state.each_model()]}
 
     @router.get("/api/ps")
     async def ps() -> Any:
-        entry = _model_entry(state)
+        entries = [_model_entry(state) for _ in state.each_model()]  # one base in memory, every name ready
         expires = datetime.now(timezone.utc) + timedelta(days=365)
-        entry.update({"expires_at": expires.isoformat().replace("+00:00", "Z"), "size_vram": 0,
-                      "context_length": state.engine.context_length})
-        return {"models": [entry]}
+        for entry in entries:
+            entry.update({"expires_at": expires.isoformat().replace("+00:00", "Z"), "size_vram": 0,
+                          "context_length": state.engine.context_length})
+        return {"models": entries}
 
     @router.post("/api/show")
     async def show(request: Request) -> Any:
@@ -240,7 +241,7 @@ def _show(state: ServerState) -> dict[str, Any]:
     modified = datetime.fromtimestamp(state.started, tz=timezone.utc).isoformat().replace("+00:00", "Z")
     return {
         "license": "",
-        "modelfile": state.config.modelfile_text or f"FROM {state.model_path}\n",
+        "modelfile": state.modelfile_text,
         "parameters": "\n".join(parameters),
         "template": state.engine.chat_template,
         "system": state.config.system or "",

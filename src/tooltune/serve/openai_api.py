@@ -102,7 +102,7 @@ def build_router(state: ServerState) -> APIRouter:
 
     @router.get("/v1/models")
     async def models() -> Any:
-        return {"object": "list", "data": [wire.openai_model(state.name, int(state.started))]}
+        return {"object": "list", "data": [wire.openai_model(m.name, int(state.started)) for m in state.models]}
 
     @router.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> Any:

@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from tooltune.engines import Engine, EngineError, LlamaCppEngine, SamplingParams, load_engine
@@ -63,6 +64,7 @@ def describe(engine: Engine) -> dict[str, Any]:
         "load_seconds": engine.load_seconds,
         "metadata": {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool))},
         "pid": os.getpid(),
+        "adapters": sorted(getattr(engine, "adapter_paths", {})),
     }
 
 
@@ -139,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine = load_engine(load["model"], n_ctx=load.get("n_ctx", 4096), n_threads=load.get("n_threads"),
                              chat_template=load.get("chat_template"),
-                             trust_remote_code=bool(load.get("trust_remote_code", False)))
+                             trust_remote_code=bool(load.get("trust_remote_code", False)),
+                             adapters={name: [Path(p) for p in paths]
+                                       for name, paths in (load.get("adapters") or {}).items()})
     except Exception as exc:
         writer.send({"load_error": f"{type(exc).__name__}: {exc}"})
         return 1

@@ -161,9 +161,10 @@ class RunnerEngine(Engine):
     def __init__(self, model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  chat_template: str | None = None, trust_remote_code: bool = False,
                  wedge_seconds: float = DEFAULT_WEDGE_SECONDS, load_timeout: float = 600.0,
-                 parallel: int = 1) -> None:
+                 parallel: int = 1, adapters: dict[str, list[Path]] | None = None) -> None:
         self._load = {"model": str(model), "n_ctx": n_ctx, "n_threads": n_threads, "chat_template": chat_template,
-                      "trust_remote_code": trust_remote_code, "parallel": parallel}
+                      "trust_remote_code": trust_remote_code, "parallel": parallel,
+                      "adapters": {name: [str(p) for p in paths] for name, paths in (adapters or {}).items()}}
         self._load_timeout = load_timeout
         self.wedge_seconds = wedge_seconds
         self._results = threading.local()  # last_result per decoding thread

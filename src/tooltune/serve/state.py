@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +56,27 @@ class ServeConfig:
     modelfile_text: str = ""
     stream_interval: float = DEFAULT_STREAM_INTERVAL  # seconds between hand-overs of streamed tokens (0: each)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    # More served names over the same base: name -> the LoRA GGUFs applied for it (``--lora NAME=FILE``, ADAPTER).
+    adapters: dict[str, list[Path]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One name a client can ask for: the base model alone (``adapter`` None) or the base with its adapters."""
+
+    name: str
+    adapter: str | None = None
+    adapter_paths: tuple[Path, ...] = ()
+
+    @property
+    def tagged_name(self) -> str:
+        return self.name if ":" in self.name else f"{self.name}:latest"
+
+
+# The model the request being handled asked for. The APIs build every response field (``model`` in each chunk, the
+# listing entries) from ``state.name``/``state.size``/``state.digest``; keeping the choice per request context lets
+# them stay unaware of adapters: ``check_model`` sets it, and each request runs in its own context.
+_current_model: contextvars.ContextVar[ServedModel | None] = contextvars.ContextVar("served_model", default=None)
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -70,30 +92,64 @@ class ServerState:
         self.defaults = OLLAMA_DEFAULTS | config.defaults
         path = Path(getattr(engine, "path", engine.name))
         self.model_path = path
-        self.size = _size_of(path)
-        # Identifies this file (path, size, mtime) without hashing gigabytes at start-up.
-        stat = path.stat() if path.exists() else None
-        identity = f"{path.resolve()}:{self.size}:{stat.st_mtime_ns if stat else 0}"
-        self.digest = hashlib.sha256(identity.encode()).hexdigest()
+        self.base = ServedModel(config.name)
+        self.models = [self.base] + [ServedModel(name, name, tuple(paths)) for name, paths in config.adapters.items()]
+        self._sizes = {m.name: _size_of(path) + sum(_size_of(p) for p in m.adapter_paths) for m in self.models}
+        # Identifies the files (path, size, mtime) without hashing gigabytes at start-up.
+        self._digests = {m.name: _identity_digest([path, *m.adapter_paths]) for m in self.models}
 
     # ---- names ----
 
     @property
+    def current(self) -> ServedModel:
+        """The model this request asked for (the base outside a request)."""
+        return _current_model.get() or self.base
+
+    @property
     def name(self) -> str:
-        return self.config.name
+        return self.current.name
 
     @property
     def tagged_name(self) -> str:
-        return self.name if ":" in self.name else f"{self.name}:latest"
+        return self.current.tagged_name
 
-    def check_model(self, requested: str) -> None:
-        if requested in (self.name, self.tagged_name):
-            return
+    @property
+    def size(self) -> int:
+        return self._sizes[self.current.name]
+
+    @property
+    def digest(self) -> str:
+        return self._digests[self.current.name]
+
+    @property
+    def modelfile_text(self) -> str:
+        """What /api/show reports: the Modelfile served or, with several names over one base, the FROM and ADAPTER
+        lines of the name asked about (one Modelfile cannot describe them all)."""
+        if not self.config.adapters:
+            return self.config.modelfile_text or f"FROM {self.model_path}\n"
+        return f"FROM {self.model_path}\n" + "".join(f"ADAPTER {path}\n" for path in self.current.adapter_paths)
+
+    def each_model(self) -> Iterator[ServedModel]:
+        """Every served name in turn, each the current one while the caller describes it (listings)."""
+        for model in self.models:
+            token = _current_model.set(model)
+            try:
+                yield model
+            finally:
+                _current_model.reset(token)
+
+    def check_model(self, requested: str) -> ServedModel:
+        """The served model a request names (``name`` or ``name:latest``), made current for this request."""
+        for model in self.models:
+            if requested in (model.name, model.tagged_name):
+                _current_model.set(model)
+                return model
         try:
             check_text(requested, "model")
         except LimitError as exc:
             raise ApiError(400, str(exc), "invalid_text", param="model") from exc
-        raise ApiError(404, f"model '{requested}' not found (this server serves '{self.name}')", "model_not_found")
+        served = ", ".join(f"'{m.name}'" for m in self.models)
+        raise ApiError(404, f"model '{requested}' not found (this server serves {served})", "model_not_found")
 
     # ---- requests ----
 
@@ -179,6 +235,7 @@ class ServerState:
             stop=stops,
             grammar=grammar,
             n_ctx=n_ctx,
+            adapter=self.current.adapter,
         )
 
     # ---- running ----
@@ -281,6 +338,14 @@ def _as_list(stop: list[str] | str | None) -> list[str]:
     if stop is None:
         return []
     return [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)]
+
+
+def _identity_digest(paths: list[Path]) -> str:
+    parts = []
+    for path in paths:
+        stat = path.stat() if path.exists() else None
+        parts.append(f"{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def _size_of(path: Path) -> int:
