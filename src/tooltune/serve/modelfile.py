@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.atomic import write_text
-from tooltune.engines import end_of_turn_strings
 from tooltune.errors import TooltuneError
+from tooltune.families.stops import stop_strings
 
 GO_TEMPLATE_DIR = "resources/ollama"
 
@@ -197,7 +197,9 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
         family, go_template = go_template_for(jinja_template)
     else:
         family = "user-supplied" if go_template else "none (Ollama renders the GGUF's Jinja template)"
-    stops = end_of_turn_strings(jinja_template, eos)
+    # The family's end-of-turn markers the template writes (and EOS): Ollama stops on its EOG tokens anyway, and
+    # these are the stop lines the Go-template equivalence tests were proven with.
+    stops = [s for s in stop_strings(jinja_template, eos) if s in jinja_template or s == eos]
     merged: dict[str, Any] = dict(DEFAULT_PARAMETERS)
     merged.update(params or {})
     merged["stop"] = list(dict.fromkeys([*stops, *_as_list(merged.get("stop"))]))
