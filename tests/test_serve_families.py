@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ollama
 import openai
 import pytest
@@ -59,11 +60,13 @@ class CallingModel:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self.prompts: list[str] = []  # what the server sent, as rendered
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def stream(self, prompt: str, params: Any, cancel: Any = None) -> Iterator[Chunk]:
+        self.prompts.append(prompt)
         if params.grammar is None and "get_weather" in prompt:
             family = family_of_template(self.inner.chat_template)
             grammar, prefix = forced_call(family, [Tool(WEATHER)], "get_weather")
@@ -98,10 +101,11 @@ def served(request, tmp_path_factory, tiny_llama_dir: Path, tiny_qwen2_dir: Path
                        stream_interval_ms=0)
     engine = app.state.tooltune.engine
     server = RunningServer(app)
-    calling = RunningServer(create_app(CallingModel(engine), "m", stream_interval=0))
+    model = CallingModel(engine)
+    calling = RunningServer(create_app(model, "m", stream_interval=0))
     hf_dir = tiny_qwen2_dir if family == "qwen2.5" else (tiny_llama_dir if family == "mistral" else root / "hf")
     try:
-        yield family, server, calling, hf_dir
+        yield family, server, calling, hf_dir, model
     finally:
         calling.stop()
         server.stop()
@@ -109,19 +113,23 @@ def served(request, tmp_path_factory, tiny_llama_dir: Path, tiny_qwen2_dir: Path
 
 
 def test_served_prompt_is_the_training_render(served) -> None:
-    family, server, _, hf_dir = served
+    family, server, _, hf_dir, _ = served
     state = server.state
     assert family_of_template(state.engine.chat_template) is FAMILIES[family]
     prompt = state.render(state.parse_messages(MESSAGES), state.parse_tools([WEATHER]))
+    assert prompt == _training_render(family, hf_dir, state.engine.chat_template)
+
+
+def _training_render(family: str, hf_dir: Path, served_template: str, thinking: str = "keep") -> str:
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     if CASES[family][0] == "jinja":
-        tokenizer.chat_template = state.engine.chat_template
-    training = get_template(CASES[family][0], tokenizer)
-    assert prompt == training.render_prompt(Conversation.from_openai({"messages": MESSAGES, "tools": [WEATHER]}))
+        tokenizer.chat_template = served_template
+    training = get_template(CASES[family][0], tokenizer, thinking=thinking)
+    return training.render_prompt(Conversation.from_openai({"messages": MESSAGES, "tools": [WEATHER]}))
 
 
 def test_openai_tool_choice_forces_a_call_in_the_family_syntax(served) -> None:
-    family, server, _, _ = served
+    family, server, _, _, _ = served
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x")
     choice = {"type": "function", "function": {"name": "get_weather"}}
     reply = client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], tool_choice=choice,
@@ -142,9 +150,15 @@ def test_openai_tool_choice_forces_a_call_in_the_family_syntax(served) -> None:
 
 
 def test_ollama_client_gets_calls_and_thinking(served) -> None:
-    family, _, calling, _ = served
+    family, _, calling, hf_dir, model = served
     client = ollama.Client(host=calling.url)
     options = {"num_predict": 48, "seed": 0, "temperature": 0}
+    # The request as JSON (the ollama client re-orders schema keys): what the runner is sent is the training render.
+    model.prompts.clear()
+    raw = httpx.post(f"{calling.url}/api/chat", json={"model": "m", "messages": MESSAGES, "tools": [WEATHER],
+                                                       "stream": False, "options": options}, timeout=120).json()
+    assert model.prompts == [_training_render(family, hf_dir, calling.state.engine.chat_template)]
+    assert [c["function"]["name"] for c in raw["message"]["tool_calls"]] == ["get_weather"]
     reply = client.chat(model="m", messages=MESSAGES, tools=[WEATHER], options=options)
     calls = reply.message.tool_calls or []
     assert [c.function.name for c in calls] == ["get_weather"], reply.message
@@ -160,7 +174,7 @@ def test_ollama_client_gets_calls_and_thinking(served) -> None:
 
 
 def test_openai_reasoning_content(served) -> None:
-    family, _, calling, _ = served
+    family, _, calling, _, _ = served
     if not FAMILIES[family].thinks:
         pytest.skip(f"{family} does not reason")
     client = openai.OpenAI(base_url=f"{calling.url}/v1", api_key="x")
@@ -196,3 +210,17 @@ def test_qwen_name_serves_what_serve_rendered_before() -> None:
     for messages, tools in cases:
         assert render(layout, messages, tools=tools or None, add_generation_prompt=True) == render(
             upstream, messages, tools=tools or None, add_generation_prompt=True)
+
+
+def test_ollama_think_switches_the_template(served) -> None:
+    """Ollama's `think: false` is the template's enable_thinking=False: the prompt is training's `--thinking off`."""
+    family, _, calling, hf_dir, model = served
+    if not FAMILIES[family].thinks:
+        pytest.skip(f"{family} does not reason")
+    model.prompts.clear()
+    reply = httpx.post(f"{calling.url}/api/chat", json={"model": "m", "messages": MESSAGES, "tools": [WEATHER],
+                                                         "think": False, "stream": False,
+                                                         "options": {"num_predict": 48, "seed": 0}}, timeout=120)
+    off = _training_render(family, hf_dir, calling.state.engine.chat_template, thinking="off")
+    assert model.prompts == [off] and off.endswith("<think>\n\n</think>\n\n")
+    assert [c["function"]["name"] for c in reply.json()["message"]["tool_calls"]] == ["get_weather"]

@@ -113,12 +113,13 @@ class Engine:
     supports_grammar: bool = False
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-               add_generation_prompt: bool = True) -> str:
+               add_generation_prompt: bool = True, **template_kwargs: Any) -> str:
+        """``template_kwargs``: extra template variables, as ``apply_chat_template`` takes them (enable_thinking)."""
         if not self.chat_template:
             raise EngineError(f"{self.name}: the model carries no chat template; pass one with --chat-template")
         return jinja_chat.render(self.chat_template, messages, tools=tools or None,
                                  add_generation_prompt=add_generation_prompt,
-                                 bos_token=self.bos_token, eos_token=self.eos_token)
+                                 bos_token=self.bos_token, eos_token=self.eos_token, **template_kwargs)
 
     def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError

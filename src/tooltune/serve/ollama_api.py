@@ -64,7 +64,9 @@ def build_router(state: ServerState) -> APIRouter:
         state.check_model(body.model)
         messages = state.parse_messages(body.messages)
         tools = state.parse_tools(body.tools)
-        prompt = state.render(messages, tools)
+        # Ollama's `think`: true/false switches the template's reasoning (Qwen3's enable_thinking); "high"/"low"...
+        # (gpt-oss levels) have no template switch here and leave the default.
+        prompt = state.render(messages, tools, enable_thinking=body.think if isinstance(body.think, bool) else None)
         reader = ReplyReader(state.engine.chat_template, prompt, tools, parse_calls=bool(tools))
         params = _sampling(state, body.options, _format_grammar(state, body.format))
         if not body.stream:
