@@ -1,8 +1,9 @@
 """One assistant turn for every caller: render → generate (streaming) → parse, per family.
 
 ``respond(engine, conversation, tools, options, tool_choice) -> Reply(prompt, raw, content, thinking, calls)`` is
-what ``tooltune chat`` and evaluation call (and the serve APIs, once switched): the prompt is the family's chat
-template render, the reply is parsed with the family's call syntax, and reasoning comes back separately.
+what ``tooltune chat`` and evaluation call (the serve APIs use its parsers and ``forced_call`` per request, see
+``tooltune.serve.family_reply``): the prompt is the family's chat template render, the reply is parsed with the
+family's call syntax, and reasoning comes back separately.
 
 ``tool_choice``: ``auto`` (the model decides), ``required`` (some tool) or a tool's name. Forced calls use a grammar
 (llama.cpp engines only); for families whose calls open with a marker the grammar cannot start with (Mistral's

@@ -1,9 +1,9 @@
 """GBNF grammars that make llama.cpp's output valid by construction.
 
 * ``tool_choice: "required"`` or a named function: the output must be one (or, with ``parallel_tool_calls``, several)
-  calls in the layout the chat template trains (Qwen/Hermes ``<tool_call>\\n{...}\\n</tool_call>`` when the template
-  uses those tags, otherwise a bare JSON object), whose ``name`` is one of the offered tools and whose ``arguments``
-  follow that tool's JSON schema.
+  calls in the layout the family trains (``families.respond.forced_call``: Hermes ``<tool_call>`` blocks, Llama 3.2's
+  bare object with ``parameters``, Mistral's / Phi-4-mini's JSON list after their marker), whose ``name`` is one of
+  the offered tools and whose arguments follow that tool's JSON schema.
 * Ollama ``format: "json"`` / OpenAI ``response_format: json_object``: any JSON object.
 * ``format: {schema}`` / ``response_format: json_schema``: that schema.
 
@@ -58,10 +58,6 @@ def schema_to_gbnf(schema: dict[str, Any], rule: str = "root", prop_order: list[
 
 def json_object_grammar() -> str:
     return schema_to_gbnf({"type": "object"})
-
-
-def uses_tool_call_tags(chat_template: str) -> bool:
-    return OPEN_TAG in chat_template
 
 
 def tool_call_grammar(tools: list[Tool], only: str | None = None, parallel: bool = True,
