@@ -34,10 +34,6 @@ from typing import Any, Literal
 from tooltune import chat_template as jinja_chat
 from tooltune.errors import TooltuneError
 
-# End-of-turn markers of common chat templates: if a template mentions one, generation stops there even when the
-# model file's EOS token is a different one (e.g. a base model served with the Qwen template).
-KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>")
-
 
 class EngineError(TooltuneError):
     """A model that cannot be loaded or a request the engine cannot honour."""
@@ -119,12 +115,13 @@ class Engine:
     supports_grammar: bool = False
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-               add_generation_prompt: bool = True) -> str:
+               add_generation_prompt: bool = True, **template_kwargs: Any) -> str:
+        """``template_kwargs``: extra template variables, as ``apply_chat_template`` takes them (enable_thinking)."""
         if not self.chat_template:
             raise EngineError(f"{self.name}: the model carries no chat template; pass one with --chat-template")
         return jinja_chat.render(self.chat_template, messages, tools=tools or None,
                                  add_generation_prompt=add_generation_prompt,
-                                 bos_token=self.bos_token, eos_token=self.eos_token)
+                                 bos_token=self.bos_token, eos_token=self.eos_token, **template_kwargs)
 
     def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -180,10 +177,11 @@ class Engine:
 
 
 def end_of_turn_strings(template: str, eos_token: str) -> list[str]:
-    found = [marker for marker in KNOWN_END_OF_TURN if marker in template]
-    if eos_token and eos_token not in found:
-        found.append(eos_token)
-    return found
+    """Stop strings of a chat template: ``tooltune.families.stops``, the one end-of-turn detector (the template's
+    own end of turn, the family's other ends, EOS)."""
+    from tooltune.families.stops import stop_strings
+
+    return stop_strings(template, eos_token)
 
 
 class LlamaCppEngine(Engine):

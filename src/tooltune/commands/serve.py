@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,20 @@ class ServeError(TooltuneError, ValueError):
 
 
 def resolve_chat_template(value: str | None) -> str | None:
-    """A template name we ship (``qwen``) or a file holding a Jinja chat template."""
+    """``--chat-template``: a registry name (``qwen`` = the training layout, ``qwen2.5``, ``qwen3``, ``mistral``...),
+    a Jinja file or a model folder, resolved by ``tooltune.families.registry`` like every other command."""
+    from tooltune.families.errors import FamilyError
+    from tooltune.families.registry import resolve
+
     if not value:
         return None
-    shipped = resources.files("tooltune").joinpath(f"resources/templates/{value}.jinja")
-    if shipped.is_file():
-        return shipped.read_text(encoding="utf-8")
-    path = Path(value).expanduser()
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
-    raise ServeError(f"--chat-template {value!r}: neither a shipped template name (qwen) nor a readable file")
+    try:
+        resolved = resolve(value)
+    except FamilyError as exc:
+        raise ServeError(f"--chat-template {value!r}: {exc}") from exc
+    for warning in resolved.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    return resolved.source
 
 
 def is_loopback(host: str) -> bool:
@@ -172,7 +175,8 @@ def register(app: typer.Typer) -> None:
                                         help="Model name clients use (default: the file name)."),
         modelfile: str | None = typer.Option(None, "--modelfile", help="Serve what a Modelfile describes."),
         chat_template: str | None = typer.Option(None, "--chat-template", "--chat_template",
-                                                 help="Jinja chat template: a shipped name (qwen) or a file."),
+                                                 help="Chat template: a name (qwen, qwen2.5, qwen3, mistral...), "
+                                                      "a Jinja file or a model folder."),
         system: str | None = typer.Option(None, "--system", help="Default system prompt."),
         host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to bind (loopback unless you say so)."),
         port: int = typer.Option(DEFAULT_PORT, "--port"),

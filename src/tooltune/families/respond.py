@@ -1,8 +1,9 @@
 """One assistant turn for every caller: render → generate (streaming) → parse, per family.
 
 ``respond(engine, conversation, tools, options, tool_choice) -> Reply(prompt, raw, content, thinking, calls)`` is
-what ``tooltune chat`` and evaluation call (and the serve APIs, once switched): the prompt is the family's chat
-template render, the reply is parsed with the family's call syntax, and reasoning comes back separately.
+what ``tooltune chat`` and evaluation call (the serve APIs use its parsers and ``forced_call`` per request, see
+``tooltune.serve.family_reply``): the prompt is the family's chat template render, the reply is parsed with the
+family's call syntax, and reasoning comes back separately.
 
 ``tool_choice``: ``auto`` (the model decides), ``required`` (some tool) or a tool's name. Forced calls use a grammar
 (llama.cpp engines only); for families whose calls open with a marker the grammar cannot start with (Mistral's
@@ -68,20 +69,29 @@ def render_prompt(engine: Any, conversation: Iterable[Message | dict[str, Any]],
                                 bos_token=engine.bos_token, eos_token=engine.eos_token, **extra)
 
 
-def _forced(engine: Any, family: Family | None, tools: list[Tool], tool_choice: str, params: Any) -> tuple[Any, str]:
-    """Sampling params with the call grammar, and the prefix written into the prompt for marker families."""
+def forced_call(family: Family | None, tools: list[Tool], only: str | None, parallel: bool = False) -> tuple[str, str]:
+    """(grammar, prefix) that force a call in ``family``'s call syntax: the grammar constrains what the model writes
+    after the prompt, the prefix (Mistral's ``[TOOL_CALLS]``, Phi-4-mini's ``<|tool_call|>``: markers a grammar
+    cannot start with) is written into the prompt and, by the caller, fed to the parser as the model's own text."""
     from tooltune.serve.grammar import tool_call_grammar
 
+    syntax = family.call_syntax if family is not None else "hermes"
+    grammar = tool_call_grammar(tools, only=only, parallel=parallel, tagged=syntax == "hermes",
+                                arguments_key="parameters" if syntax == "llama3" else "arguments",
+                                listed=syntax in _FORCED_PREFIX)
+    return grammar, _FORCED_PREFIX.get(syntax, "")
+
+
+def _forced(engine: Any, family: Family | None, tools: list[Tool], tool_choice: str, params: Any) -> tuple[Any, str]:
+    """Sampling params with the call grammar, and the prefix written into the prompt for marker families."""
     if not tools:
         raise FamilyError(f"tool_choice {tool_choice}: no tools given")
     if not getattr(engine, "supports_grammar", False):
         raise FamilyError(f"tool_choice {tool_choice}: constrained decoding needs a GGUF model (llama.cpp)")
     if tool_choice != "required" and tool_choice not in {t.name for t in tools}:
         raise FamilyError(f"tool_choice {tool_choice!r}: no such tool ({', '.join(t.name for t in tools)})")
-    syntax = family.call_syntax if family is not None else "hermes"
-    only = None if tool_choice == "required" else tool_choice
-    grammar = tool_call_grammar(tools, only=only, parallel=False, tagged=syntax == "hermes")
-    return replace(params, grammar=grammar), _FORCED_PREFIX.get(syntax, "")
+    grammar, prefix = forced_call(family, tools, None if tool_choice == "required" else tool_choice)
+    return replace(params, grammar=grammar), prefix
 
 
 def respond(engine: Any, conversation: Iterable[Message | dict[str, Any]],

@@ -13,6 +13,8 @@ from tooltune.chat_template import ChatTemplateError, render
 from tooltune.families import detect
 
 _SENTINEL = "TOOLTUNE_END_OF_TURN_PROBE"
+# End-of-turn markers of the common chat layouts, for templates no family matches (ChatML, Llama 3, Phi, Gemma).
+_COMMON_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>")
 
 
 def _probe_tail(template: str, bos_token: str, eos_token: str) -> str:
@@ -46,7 +48,7 @@ def stop_strings(template: str, eos_token: str = "", bos_token: str = "") -> lis
     if family is not None:
         first = [m for m in family.end_of_turn if tail.startswith(m)]
         stops += first + [m for m in family.end_of_turn if m not in first]
-    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):  # unknown templates: common markers
+    for marker in _COMMON_MARKERS:  # unknown templates: the common markers the template writes
         if family is None and marker in template and marker not in stops:
             stops.append(marker)
     if eos_token and eos_token not in stops:

@@ -1,9 +1,9 @@
 """GBNF grammars that make llama.cpp's output valid by construction.
 
 * ``tool_choice: "required"`` or a named function: the output must be one (or, with ``parallel_tool_calls``, several)
-  calls in the layout the chat template trains (Qwen/Hermes ``<tool_call>\\n{...}\\n</tool_call>`` when the template
-  uses those tags, otherwise a bare JSON object), whose ``name`` is one of the offered tools and whose ``arguments``
-  follow that tool's JSON schema.
+  calls in the layout the family trains (``families.respond.forced_call``: Hermes ``<tool_call>`` blocks, Llama 3.2's
+  bare object with ``parameters``, Mistral's / Phi-4-mini's JSON list after their marker), whose ``name`` is one of
+  the offered tools and whose arguments follow that tool's JSON schema.
 * Ollama ``format: "json"`` / OpenAI ``response_format: json_object``: any JSON object.
 * ``format: {schema}`` / ``response_format: json_schema``: that schema.
 
@@ -60,13 +60,13 @@ def json_object_grammar() -> str:
     return schema_to_gbnf({"type": "object"})
 
 
-def uses_tool_call_tags(chat_template: str) -> bool:
-    return OPEN_TAG in chat_template
-
-
 def tool_call_grammar(tools: list[Tool], only: str | None = None, parallel: bool = True,
-                      tagged: bool = True) -> str:
-    """Grammar for one call (or several, separated as the Qwen template separates them) of the given tools."""
+                      tagged: bool = True, arguments_key: str = "arguments", listed: bool = False) -> str:
+    """Grammar for one call (or several, separated as the Qwen template separates them) of the given tools.
+
+    ``arguments_key``: the key the family's calls hold their arguments under (Llama 3.2 trains ``parameters``);
+    ``listed``: the calls are one JSON list (Mistral's ``[TOOL_CALLS] [...]``, Phi-4-mini's ``<|tool_call|>[...]``).
+    """
     chosen = [t for t in tools if only is None or t.name == only]
     if not chosen:
         raise GrammarError(f"tool_choice names {only!r}, which is not among the request's tools")
@@ -78,12 +78,15 @@ def tool_call_grammar(tools: list[Tool], only: str | None = None, parallel: bool
             raise GrammarError(str(exc)) from exc
         alternatives.append({
             "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": parameters},
-            "required": ["name", "arguments"],
+            "properties": {"name": {"const": tool.name}, arguments_key: parameters},
+            "required": ["name", arguments_key],
             "additionalProperties": False,
         })
     schema = alternatives[0] if len(alternatives) == 1 else {"oneOf": alternatives}
-    body = schema_to_gbnf(schema, rule="call-json", prop_order=["name", "arguments"])
+    body = schema_to_gbnf(schema, rule="call-json", prop_order=["name", arguments_key])
+    if listed:
+        more = '("," " "? call-json)*' if parallel else ""
+        return f'root ::= "[" call-json {more} "]"\n' + body
     if tagged:
         open_tag, close_tag = json.dumps(OPEN_TAG + "\n"), json.dumps("\n" + CLOSE_TAG)
         call = f"call ::= {open_tag} call-json {close_tag}\n"

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.atomic import write_text
-from tooltune.engines import end_of_turn_strings
 from tooltune.errors import TooltuneError
 from tooltune.families.stops import stop_strings
 
@@ -234,11 +233,10 @@ def write_modelfile(gguf_path: str | Path, out: str | Path, name: str | None = N
         family, go_template = go_template_for(jinja_template)
     else:
         family = "user-supplied" if go_template else "none (Ollama renders the GGUF's Jinja template)"
+    stops = stop_strings(jinja_template or "", eos)
     if family == "qwen2.5":
-        stops = end_of_turn_strings(jinja_template, eos)  # the proven Qwen2.5 Modelfile stays as it was
-    else:
-        # The family layer's one end-of-turn detector: the template's own end of turn, the family's other ends, EOS.
-        stops = stop_strings(jinja_template, eos) if jinja_template else end_of_turn_strings("", eos)
+        # The proven Qwen2.5 Modelfile keeps its stop lines: the end-of-turn markers its template writes, and EOS.
+        stops = [s for s in stops if s in jinja_template or s == eos]
     merged: dict[str, Any] = dict(DEFAULT_PARAMETERS)
     merged.update(params or {})
     merged["stop"] = list(dict.fromkeys([*stops, *_as_list(merged.get("stop"))]))

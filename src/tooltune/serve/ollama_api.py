@@ -1,6 +1,7 @@
 """Ollama's HTTP API: /api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/version.
 
-Tool calls are parsed from the model's text with ``tooltune.toolcalls`` and returned structured
+Tool calls are parsed from the model's text with the served template's family parser (``serve.family_reply``: Hermes
+tags, Llama 3.2's bare JSON, Mistral's ``[TOOL_CALLS]``...; reasoning as ``message.thinking``) and returned structured
 (``message.tool_calls[].function.{index,name,arguments}`` with arguments as an object), which the seed's hand-written
 Modelfile could not get out of real Ollama.
 """
@@ -16,13 +17,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tooltune.conversation import Tool
 from tooltune.engines import Chunk
+from tooltune.families.parsers import Event, ThinkingDelta
 from tooltune.serve import grammar as grammars
 from tooltune.serve import wire
+from tooltune.serve.family_reply import ReplyReader
 from tooltune.serve.scheduler import Job
 from tooltune.serve.state import ApiError, ServerState
-from tooltune.toolcalls import ContentDelta, StreamingToolCallParser, ToolCallDone, parse_tool_calls
+from tooltune.toolcalls import ToolCallDone
 
 NDJSON = "application/x-ndjson"
 
@@ -62,13 +64,16 @@ def build_router(state: ServerState) -> APIRouter:
         state.check_model(body.model)
         messages = state.parse_messages(body.messages)
         tools = state.parse_tools(body.tools)
-        prompt = state.render(messages, tools)
+        # Ollama's `think`: true/false switches the template's reasoning (Qwen3's enable_thinking); "high"/"low"...
+        # (gpt-oss levels) have no template switch here and leave the default.
+        prompt = state.render(messages, tools, enable_thinking=body.think if isinstance(body.think, bool) else None)
+        reader = ReplyReader(state.engine.chat_template, prompt, tools, parse_calls=bool(tools))
         params = _sampling(state, body.options, _format_grammar(state, body.format))
         if not body.stream:
             text, job = await state.run_to_end(request, prompt, params)
-            return JSONResponse(_chat_final(state, text, tools, job, received))
+            return JSONResponse(_chat_final(state, text, reader, job, received))
         stream = await state.open_stream(prompt, params)
-        return StreamingResponse(_chat_stream(state, stream, tools, received), media_type=NDJSON)
+        return StreamingResponse(_chat_stream(state, stream, reader, received), media_type=NDJSON)
 
     @router.post("/api/generate")
     async def generate(request: Request) -> Any:
@@ -131,47 +136,53 @@ def _timings(job: Job, received: float) -> dict[str, Any]:
     return wire.ollama_timings(job.result, time.perf_counter() - received, max(0.0, waited))
 
 
-def _chat_final(state: ServerState, text: str, tools: list[Tool], job: Job, received: float) -> dict[str, Any]:
-    content, calls = text, None
-    if tools:
-        parsed = parse_tool_calls(text, tools=tools)
-        if parsed.calls:
-            content = parsed.content
-            calls = [wire.ollama_tool_call(c, i) for i, c in enumerate(parsed.calls)]
-    return wire.ollama_chat_final(state.name, content, calls, _reason(job), _timings(job, received))
+def _chat_final(state: ServerState, text: str, reader: ReplyReader, job: Job, received: float) -> dict[str, Any]:
+    """The whole reply read by the served family's parser: calls structured, reasoning in ``message.thinking``."""
+    if reader.passthrough:
+        return wire.ollama_chat_final(state.name, text, None, _reason(job), _timings(job, received))
+    reader.feed(text)
+    reader.finish()
+    parsed = reader.result()
+    calls = [wire.ollama_tool_call(c, i) for i, c in enumerate(parsed.calls)] or None
+    content = parsed.content if calls or parsed.thinking else text
+    return wire.ollama_chat_final(state.name, content, calls, _reason(job), _timings(job, received),
+                                  thinking=parsed.thinking)
 
 
-async def _chat_stream(state: ServerState, stream: AsyncIterator[list[Chunk | Job]], tools: list[Tool],
+async def _chat_stream(state: ServerState, stream: AsyncIterator[list[Chunk | Job]], reader: ReplyReader,
                        received: float) -> AsyncIterator[bytes]:
-    parser = StreamingToolCallParser(tools=tools) if tools else None
     try:
         async for batch in stream:
             lines: list[bytes] = []
             created = wire.now_rfc3339()  # one stamp per batch: its lines leave together
             for item in batch:
                 if isinstance(item, Job):
-                    if parser is not None:
-                        lines += _chat_events(state, parser.finish(), created)
+                    if not reader.passthrough:
+                        lines += _chat_events(state, reader.finish(), created)
                     lines.append(_ndjson(wire.ollama_chat_final(state.name, "", None, _reason(item),
                                                                 _timings(item, received))))
                     yield b"".join(lines)
                     return
-                if parser is None:
+                if reader.passthrough:
                     lines.append(_ndjson(wire.ollama_chat_chunk(state.name, item.text, created_at=created)))
                 else:
-                    lines += _chat_events(state, parser.feed(item.text), created)
+                    lines += _chat_events(state, reader.feed(item.text), created)
             if lines:
                 yield b"".join(lines)
     except Exception as exc:  # headers are sent: report in-band, as Ollama does
         yield _ndjson(wire.ollama_error(str(exc)))
 
 
-def _chat_events(state: ServerState, events: list[ContentDelta | ToolCallDone], created: str) -> list[bytes]:
+def _chat_events(state: ServerState, events: list[Event], created: str) -> list[bytes]:
     lines = []
     for event in events:
         if isinstance(event, ToolCallDone):
             call = wire.ollama_tool_call(event.call, event.index)
             lines.append(_ndjson(wire.ollama_chat_chunk(state.name, "", [call], created_at=created)))
+        elif isinstance(event, ThinkingDelta):
+            if event.text:
+                lines.append(_ndjson(wire.ollama_chat_chunk(state.name, "", created_at=created,
+                                                            thinking=event.text)))
         elif event.text:
             lines.append(_ndjson(wire.ollama_chat_chunk(state.name, event.text, created_at=created)))
     return lines

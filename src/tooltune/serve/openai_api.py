@@ -16,12 +16,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tooltune.conversation import Tool, ToolCall
 from tooltune.engines import Chunk, EngineError
+from tooltune.families.parsers import Event, ThinkingDelta
 from tooltune.serve import grammar as grammars
 from tooltune.serve import wire
+from tooltune.serve.family_reply import ReplyReader
 from tooltune.serve.runner_client import RunnerUnavailable
 from tooltune.serve.scheduler import Job
 from tooltune.serve.state import ApiError, ServerState
-from tooltune.toolcalls import ContentDelta, StreamingToolCallParser, ToolCallDone, parse_tool_calls
+from tooltune.toolcalls import ToolCallDone
 
 
 class ToolPlan:
@@ -59,14 +61,16 @@ class ToolPlan:
             for position, tool in enumerate(self.tools):  # every schema the grammar will hold, before it is built
                 if self.forced in ("", tool.name):
                     state.check_schema(tool.json_schema(), f"tools[{position}].function.parameters")
-            try:
-                return grammars.tool_call_grammar(
-                    self.tools, only=self.forced or None, parallel=self.parallel and not self.forced,
-                    tagged=grammars.uses_tool_call_tags(state.engine.chat_template),
-                )
-            except grammars.GrammarError as exc:
-                raise ApiError(400, f"tools: {exc}") from exc
+            return None  # the family's call grammar comes with the reader (reader())
         return _response_format_grammar(state, response_format)
+
+    def reader(self, state: ServerState, prompt: str) -> ReplyReader:
+        """The served family's parser for this request; a forced call's grammar and prompt prefix come with it."""
+        try:
+            return ReplyReader(state.engine.chat_template, prompt, self.tools, parse_calls=self.parse,
+                               forced=self.forced, parallel=self.parallel and not self.forced)
+        except grammars.GrammarError as exc:
+            raise ApiError(400, f"tools: {exc}") from exc
 
     def keep(self, calls: list[ToolCall]) -> list[ToolCall]:
         # parallel_tool_calls=false promises at most one call; the rest would be actions the client did not ask for.
@@ -118,34 +122,39 @@ def build_router(state: ServerState) -> APIRouter:
         plan = ToolPlan(state, body)
         messages = state.parse_messages(body.messages)
         prompt = state.render(messages, plan.tools)
+        format_grammar = plan.grammar(state, body.response_format)
+        reader = plan.reader(state, prompt)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = state.sampling(temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stop,
-                                max_tokens=max_tokens, grammar=plan.grammar(state, body.response_format),
+                                max_tokens=max_tokens, grammar=reader.grammar or format_grammar,
                                 limit_name="max_tokens")
+        prompt += reader.prefix  # a forced call's marker (Mistral, Phi-4-mini), as the model would have written it
         cid, created = wire.completion_id(), int(time.time())
         if not body.stream:
             text, job = await state.run_to_end(request, prompt, params)
-            return JSONResponse(_completion(state, plan, text, job, cid, created))
+            return JSONResponse(_completion(state, plan, reader, text, job, cid, created))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = await state.open_stream(prompt, params)
-        return StreamingResponse(_sse_stream(state, plan, stream, cid, created, include_usage),
+        return StreamingResponse(_sse_stream(state, plan, reader, stream, cid, created, include_usage),
                                  media_type="text/event-stream")
 
     return router
 
 
-def _completion(state: ServerState, plan: ToolPlan, text: str, job: Job, cid: str, created: int) -> dict[str, Any]:
+def _completion(state: ServerState, plan: ToolPlan, reader: ReplyReader, text: str, job: Job, cid: str,
+                created: int) -> dict[str, Any]:
     assert job.result is not None
-    content: str | None = text
-    calls: list[dict[str, Any]] = []
-    if plan.parse:
-        parsed = parse_tool_calls(text, tools=plan.tools)
-        kept = plan.keep(parsed.calls)
-        if kept:
-            calls = [wire.openai_tool_call(c, i) for i, c in enumerate(kept)]
-            content = parsed.content or None
+    if reader.passthrough:
+        return wire.openai_completion(cid, created, state.name, text, [], job.result.finish_reason, job.result)
+    reader.feed(text)
+    reader.finish()
+    parsed = reader.result()
+    kept = plan.keep(parsed.calls)
+    calls = [wire.openai_tool_call(c, i) for i, c in enumerate(kept)]
+    content: str | None = (parsed.content or None) if calls else (parsed.content if parsed.thinking else text)
     finish = "tool_calls" if calls else job.result.finish_reason
-    return wire.openai_completion(cid, created, state.name, content, calls, finish, job.result)
+    return wire.openai_completion(cid, created, state.name, content, calls, finish, job.result,
+                                  reasoning=parsed.thinking)
 
 
 def _in_band_status(exc: Exception) -> tuple[int, str | None]:
@@ -160,12 +169,13 @@ def _sse(item: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(item, ensure_ascii=False)}\n\n".encode()
 
 
-async def _sse_stream(state: ServerState, plan: ToolPlan, stream: AsyncIterator[list[Chunk | Job]], cid: str,
-                      created: int, include_usage: bool) -> AsyncIterator[bytes]:
-    parser = StreamingToolCallParser(tools=plan.tools) if plan.parse else None
+async def _sse_stream(state: ServerState, plan: ToolPlan, reader: ReplyReader,
+                      stream: AsyncIterator[list[Chunk | Job]], cid: str, created: int,
+                      include_usage: bool) -> AsyncIterator[bytes]:
+    parser = None if reader.passthrough else reader
     calls_sent = 0
 
-    def events_to_chunks(events: list[ContentDelta | ToolCallDone]) -> list[bytes]:
+    def events_to_chunks(events: list[Event]) -> list[bytes]:
         nonlocal calls_sent
         out = []
         for event in events:
@@ -181,6 +191,9 @@ async def _sse_stream(state: ServerState, plan: ToolPlan, stream: AsyncIterator[
                 out.append(_sse(wire.openai_chunk(cid, created, state.name, {
                     "tool_calls": [{"index": calls_sent, "function": {"arguments": arguments}}]})))
                 calls_sent += 1
+            elif isinstance(event, ThinkingDelta):
+                if event.text:
+                    out.append(_sse(wire.openai_chunk(cid, created, state.name, {"reasoning_content": event.text})))
             elif event.text:
                 out.append(_sse(wire.openai_chunk(cid, created, state.name, {"content": event.text})))
         return out

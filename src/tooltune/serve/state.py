@@ -204,10 +204,12 @@ class ServerState:
             tools.append(tool)
         return tools
 
-    def render(self, messages: list[Message], tools: list[Tool]) -> str:
+    def render(self, messages: list[Message], tools: list[Tool], enable_thinking: bool | None = None) -> str:
+        """``enable_thinking``: the reasoning switch of templates that have one (Qwen3, SmolLM3); None: default."""
+        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
         try:
             return self.engine.render([m.to_template() for m in messages], [t.spec for t in tools] or None,
-                                      add_generation_prompt=True)
+                                      add_generation_prompt=True, **extra)
         except (ChatTemplateError, EngineError) as exc:
             raise ApiError(400, f"cannot render the chat template: {exc}") from exc
 

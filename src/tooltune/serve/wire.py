@@ -134,16 +134,18 @@ def ollama_timings(result: Result, total_seconds: float, load_seconds: float) ->
 
 
 def ollama_chat_chunk(model: str, content: str, tool_calls: list[dict[str, Any]] | None = None,
-                      created_at: str | None = None) -> dict[str, Any]:
+                      created_at: str | None = None, thinking: str = "") -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thinking:  # Ollama's field for reasoning (the <think> block), kept out of content
+        message["thinking"] = thinking
     if tool_calls:
         message["tool_calls"] = tool_calls
     return {"model": model, "created_at": created_at or now_rfc3339(), "message": message, "done": False}
 
 
 def ollama_chat_final(model: str, content: str, tool_calls: list[dict[str, Any]] | None, done_reason: str,
-                      timings: dict[str, Any]) -> dict[str, Any]:
-    out = ollama_chat_chunk(model, content, tool_calls)
+                      timings: dict[str, Any], thinking: str = "") -> dict[str, Any]:
+    out = ollama_chat_chunk(model, content, tool_calls, thinking=thinking)
     out["done_reason"] = done_reason
     out["done"] = True
     out.update(timings)
@@ -198,8 +200,10 @@ def openai_usage(result: Result) -> dict[str, int]:
 
 
 def openai_completion(cid: str, created: int, model: str, content: str | None, tool_calls: list[dict[str, Any]],
-                      finish_reason: FinishReason, result: Result) -> dict[str, Any]:
+                      finish_reason: FinishReason, result: Result, reasoning: str = "") -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning:  # vLLM's / DeepSeek's field for the <think> block
+        message["reasoning_content"] = reasoning
     if tool_calls:
         message["tool_calls"] = tool_calls
     return {

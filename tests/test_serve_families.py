@@ -1,0 +1,226 @@
+"""`tooltune serve` per model family: the prompt it renders is the training render, and the unmodified `openai` and
+`ollama` clients get structured calls (and reasoning) read with the family's own parser.
+
+One tiny random-weight GGUF per family, carrying the family's real tokenizer and chat template (the family is a
+property of template + tokenizer; the weights are a 2-layer llama). Mistral's tokenizer is SentencePiece-style,
+which our converter does not write yet, so Mistral runs as `tooltune serve tiny.gguf --chat-template mistral` on the
+SmolLM2-tokenizer model (the registry path of `--chat-template`). Weights are random, so calls are forced: through
+OpenAI's `tool_choice` (the server's own grammar per call syntax), and for the Ollama API (which has no tool_choice)
+by `CallingModel`, which stands in for a tuned model and writes the family's call (after a reasoning block for
+families that think) with the same grammar.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+from family_fixtures import family_tokenizer_dir
+from test_serve_api import RunningServer
+from tiny_models import QWEN_TOKENIZER, make_tiny_llama
+from transformers import AutoTokenizer
+
+from tooltune.commands.serve import build_server
+from tooltune.conversation import Conversation, Tool
+from tooltune.engines import Chunk
+from tooltune.families.family import FAMILIES
+from tooltune.families.registry import named
+from tooltune.families.respond import forced_call
+from tooltune.gguf.convert import convert
+from tooltune.serve.app import create_app
+from tooltune.serve.family_reply import family_of_template
+from tooltune.templates import get_template
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Lyon"]}},
+                   "required": ["city"]},
+}}
+MESSAGES = [{"role": "system", "content": "You call tools."}, {"role": "user", "content": "Weather in Paris?"}]
+REASONING = "The user wants the weather in Paris."
+
+# family -> (training --template, --chat-template given to serve or None: the GGUF's own)
+CASES = {
+    "qwen2.5": ("qwen", None),  # the seed's case: Qwen2.5's own template in the GGUF, trained with `qwen`
+    "qwen3": ("qwen3", None),
+    "llama3.2": ("jinja", None),
+    "mistral": ("mistral", "mistral"),
+}
+
+
+class CallingModel:
+    """A model that calls get_weather whenever it is offered, in its family's syntax (what tuning teaches)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.prompts: list[str] = []  # what the server sent, as rendered
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(self, prompt: str, params: Any, cancel: Any = None) -> Iterator[Chunk]:
+        self.prompts.append(prompt)
+        if params.grammar is None and "get_weather" in prompt:
+            family = family_of_template(self.inner.chat_template)
+            grammar, prefix = forced_call(family, [Tool(WEATHER)], "get_weather")
+            if family is not None and family.thinks:
+                prefix = f"<think>\n{REASONING}\n</think>\n\n{prefix}"
+            params = replace(params, grammar=grammar)
+            if prefix:
+                yield Chunk(prefix)
+            prompt += prefix
+        yield from self.inner.stream(prompt, params, cancel=cancel)
+
+
+def _gguf(family: str, root: Path, tiny_llama_dir: Path, tiny_qwen2_dir: Path) -> Path:
+    if family == "qwen2.5":
+        model_dir = tiny_qwen2_dir
+        template = (QWEN_TOKENIZER / "chat_template.jinja").read_text(encoding="utf-8")
+    elif family == "mistral":
+        model_dir, template = tiny_llama_dir, None
+    else:
+        tokenizer = family_tokenizer_dir(family, root / "tokenizer")
+        model_dir = make_tiny_llama(root / "hf", tokenizer_dir=tokenizer)
+        template = FAMILIES[family].template_text() or (tokenizer / "chat_template.jinja").read_text(encoding="utf-8")
+    return convert(model_dir, root / f"{family}.gguf", "f16", chat_template=template, show_progress=False).path
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def served(request, tmp_path_factory, tiny_llama_dir: Path, tiny_qwen2_dir: Path):
+    family = request.param
+    root = tmp_path_factory.mktemp(f"serve-{family}")
+    gguf_path = _gguf(family, root, tiny_llama_dir, tiny_qwen2_dir)
+    app = build_server(str(gguf_path), name="m", chat_template=CASES[family][1], n_ctx=1024, n_threads=1,
+                       stream_interval_ms=0)
+    engine = app.state.tooltune.engine
+    server = RunningServer(app)
+    model = CallingModel(engine)
+    calling = RunningServer(create_app(model, "m", stream_interval=0))
+    hf_dir = tiny_qwen2_dir if family == "qwen2.5" else (tiny_llama_dir if family == "mistral" else root / "hf")
+    try:
+        yield family, server, calling, hf_dir, model
+    finally:
+        calling.stop()
+        server.stop()
+        engine.close()
+
+
+def test_served_prompt_is_the_training_render(served) -> None:
+    family, server, _, hf_dir, _ = served
+    state = server.state
+    assert family_of_template(state.engine.chat_template) is FAMILIES[family]
+    prompt = state.render(state.parse_messages(MESSAGES), state.parse_tools([WEATHER]))
+    assert prompt == _training_render(family, hf_dir, state.engine.chat_template)
+
+
+def _training_render(family: str, hf_dir: Path, served_template: str, thinking: str = "keep") -> str:
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    if CASES[family][0] == "jinja":
+        tokenizer.chat_template = served_template
+    training = get_template(CASES[family][0], tokenizer, thinking=thinking)
+    return training.render_prompt(Conversation.from_openai({"messages": MESSAGES, "tools": [WEATHER]}))
+
+
+def test_openai_tool_choice_forces_a_call_in_the_family_syntax(served) -> None:
+    family, server, _, _, _ = served
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x")
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    reply = client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], tool_choice=choice,
+                                           max_tokens=48, seed=0)
+    message = reply.choices[0].message
+    assert reply.choices[0].finish_reason == "tool_calls", message
+    assert [c.function.name for c in message.tool_calls] == ["get_weather"]
+    assert isinstance(json.loads(message.tool_calls[0].function.arguments)["city"], str)
+    assert not message.content or "get_weather" not in message.content
+    # Streaming: the same call arrives as OpenAI's deltas (id and name, then the arguments).
+    chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], tool_choice=choice,
+                                                 max_tokens=48, seed=0, stream=True))
+    deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].function.name == "get_weather"
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    assert json.loads(arguments) == json.loads(message.tool_calls[0].function.arguments)
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+
+def test_ollama_client_gets_calls_and_thinking(served) -> None:
+    family, _, calling, hf_dir, model = served
+    client = ollama.Client(host=calling.url)
+    options = {"num_predict": 48, "seed": 0, "temperature": 0}
+    # The request as JSON (the ollama client re-orders schema keys): what the runner is sent is the training render.
+    model.prompts.clear()
+    raw = httpx.post(f"{calling.url}/api/chat", json={"model": "m", "messages": MESSAGES, "tools": [WEATHER],
+                                                       "stream": False, "options": options}, timeout=120).json()
+    assert model.prompts == [_training_render(family, hf_dir, calling.state.engine.chat_template)]
+    assert [c["function"]["name"] for c in raw["message"]["tool_calls"]] == ["get_weather"]
+    reply = client.chat(model="m", messages=MESSAGES, tools=[WEATHER], options=options)
+    calls = reply.message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"], reply.message
+    assert isinstance(calls[0].function.arguments["city"], str)
+    thinks = FAMILIES[family].thinks
+    assert (reply.message.thinking or "") == (REASONING if thinks else "")
+    assert "<think>" not in reply.message.content and "get_weather" not in reply.message.content
+    parts = list(client.chat(model="m", messages=MESSAGES, tools=[WEATHER], options=options, stream=True))
+    streamed = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert [(c.function.name, c.function.arguments) for c in streamed] == [
+        (c.function.name, c.function.arguments) for c in calls]
+    assert "".join(p.message.thinking or "" for p in parts).strip() == (REASONING if thinks else "")
+
+
+def test_openai_reasoning_content(served) -> None:
+    family, _, calling, _, _ = served
+    if not FAMILIES[family].thinks:
+        pytest.skip(f"{family} does not reason")
+    client = openai.OpenAI(base_url=f"{calling.url}/v1", api_key="x")
+    reply = client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], max_tokens=48, seed=0)
+    message = reply.choices[0].message
+    assert getattr(message, "reasoning_content", None) == REASONING
+    assert [c.function.name for c in message.tool_calls] == ["get_weather"]
+    chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], max_tokens=48,
+                                                 seed=0, stream=True))
+    streamed = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    assert streamed.strip() == REASONING
+    assert [d.function.name for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])
+            if d.function and d.function.name] == ["get_weather"]
+
+
+def test_qwen_name_serves_what_serve_rendered_before() -> None:
+    """`--chat-template qwen` now means the training layout (the registry); on API requests (tools in OpenAI's
+    shape) it renders exactly what serve rendered before with Qwen2.5's own template — the seed's curl body and the
+    glaive demo conversations' prompts."""
+    from tooltune.chat_template import render
+    from tooltune.data import DataArguments, load_conversations
+
+    layout, upstream = named("qwen").source, named("qwen2.5").source
+    seed = json.loads((Path(__file__).parent / "fixtures" / "serve" / "seed_curl_body.json").read_text("utf-8"))
+    cases = [(seed["messages"], seed["tools"])]
+    data = Path(__file__).parents[1] / "src" / "tooltune" / "resources" / "data"
+    report = load_conversations(DataArguments(dataset="glaive_toolcall_en_demo", dataset_dir=str(data),
+                                              max_samples=60))
+    for conv in report.conversations:
+        tools = [t if "function" in t else {"type": "function", "function": t} for t in conv.template_tools() or []]
+        messages = [m.to_template() for m in conv.messages]
+        cases += [(messages[:k], tools) for k in range(1, len(messages) + 1) if messages[k - 1]["role"] != "assistant"]
+    for messages, tools in cases:
+        assert render(layout, messages, tools=tools or None, add_generation_prompt=True) == render(
+            upstream, messages, tools=tools or None, add_generation_prompt=True)
+
+
+def test_ollama_think_switches_the_template(served) -> None:
+    """Ollama's `think: false` is the template's enable_thinking=False: the prompt is training's `--thinking off`."""
+    family, _, calling, hf_dir, model = served
+    if not FAMILIES[family].thinks:
+        pytest.skip(f"{family} does not reason")
+    model.prompts.clear()
+    reply = httpx.post(f"{calling.url}/api/chat", json={"model": "m", "messages": MESSAGES, "tools": [WEATHER],
+                                                         "think": False, "stream": False,
+                                                         "options": {"num_predict": 48, "seed": 0}}, timeout=120)
+    off = _training_render(family, hf_dir, calling.state.engine.chat_template, thinking="off")
+    assert model.prompts == [off] and off.endswith("<think>\n\n</think>\n\n")
+    assert [c["function"]["name"] for c in reply.json()["message"]["tool_calls"]] == ["get_weather"]
