@@ -92,6 +92,10 @@ def _gguf(family: str, root: Path, tiny_llama_dir: Path, tiny_qwen2_dir: Path) -
     return convert(model_dir, root / f"{family}.gguf", "f16", chat_template=template, show_progress=False).path
 
 
+# Reasoning tests run only on the families that reason (no skipped placeholders for the others).
+REASONING_ONLY = pytest.mark.parametrize("served", [f for f in CASES if FAMILIES[f].thinks], indirect=True)
+
+
 @pytest.fixture(scope="module", params=list(CASES))
 def served(request, tmp_path_factory, tiny_llama_dir: Path, tiny_qwen2_dir: Path):
     family = request.param
@@ -173,10 +177,9 @@ def test_ollama_client_gets_calls_and_thinking(served) -> None:
     assert "".join(p.message.thinking or "" for p in parts).strip() == (REASONING if thinks else "")
 
 
+@REASONING_ONLY
 def test_openai_reasoning_content(served) -> None:
     family, _, calling, _, _ = served
-    if not FAMILIES[family].thinks:
-        pytest.skip(f"{family} does not reason")
     client = openai.OpenAI(base_url=f"{calling.url}/v1", api_key="x")
     reply = client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], max_tokens=48, seed=0)
     message = reply.choices[0].message
@@ -212,11 +215,10 @@ def test_qwen_name_serves_what_serve_rendered_before() -> None:
             upstream, messages, tools=tools or None, add_generation_prompt=True)
 
 
+@REASONING_ONLY
 def test_ollama_think_switches_the_template(served) -> None:
     """Ollama's `think: false` is the template's enable_thinking=False: the prompt is training's `--thinking off`."""
     family, _, calling, hf_dir, model = served
-    if not FAMILIES[family].thinks:
-        pytest.skip(f"{family} does not reason")
     model.prompts.clear()
     reply = httpx.post(f"{calling.url}/api/chat", json={"model": "m", "messages": MESSAGES, "tools": [WEATHER],
                                                          "think": False, "stream": False,
