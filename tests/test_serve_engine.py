@@ -121,3 +121,19 @@ def test_transformers_engine_on_tiny_qwen(tiny_qwen2_dir: Path) -> None:
     assert sampled[0].text == sampled[1].text  # same seed, same text
     with pytest.raises(EngineError, match="needs a GGUF"):
         engine.generate(prompt, SamplingParams(max_tokens=2, grammar='root ::= "x"'))
+
+
+def test_forced_call_strings_hold_no_raw_control_characters(default_gguf: Path) -> None:
+    """llama.cpp with our tool-call grammar and the newline token pushed far above every other: a string argument may
+    not take it (JSON forbids raw control characters), so the call still parses as strict JSON."""
+    from llama_cpp import Llama, LlamaGrammar
+
+    llm = Llama(model_path=str(default_gguf), n_ctx=512, n_threads=1, verbose=False, seed=0)
+    newline = llm.tokenize(b"\n", add_bos=False, special=False)
+    assert len(newline) == 1
+    grammar = LlamaGrammar.from_string(tool_call_grammar([WEATHER], parallel=False), verbose=False)
+    out = llm.create_completion("Weather in Paris?\n", max_tokens=60, temperature=0.0, grammar=grammar,
+                                logit_bias={newline[0]: 30.0})["choices"][0]["text"]
+    del llm
+    parsed = parse_tool_calls(out, tools=[WEATHER])
+    assert parsed.ok and [c.name for c in parsed.calls] == ["get_weather"], out

@@ -53,7 +53,18 @@ def schema_to_gbnf(schema: dict[str, Any], rule: str = "root", prop_order: list[
         raise GrammarError(f"unsupported JSON schema: {exc}") from exc
     if rule != "root":
         grammar = re.sub(r"^root ::=", f"{rule} ::=", grammar, flags=re.MULTILINE)
-    return grammar
+    return _strict_json_strings(grammar)
+
+
+# llama-cpp-python's converter lets a string character be anything but '"' and '\\', so a sampled string may hold a raw
+# newline or other control character, which JSON forbids: the "valid by construction" output then fails every JSON
+# parser (a forced tool call came back as text). llama.cpp's own converter excludes them; so do we.
+_LOOSE_CHAR = re.compile(r'^((?:char|[\w-]*-char) ::= )\[\^"\\\\\]', re.MULTILINE)
+_STRICT_CHAR = '[^"\\\\\\x7F\\x00-\\x1F]'
+
+
+def _strict_json_strings(grammar: str) -> str:
+    return _LOOSE_CHAR.sub(lambda m: m.group(1) + _STRICT_CHAR, grammar)
 
 
 def json_object_grammar() -> str:
