@@ -46,24 +46,23 @@ def seed_lines(sample: Encoded, number: int, tokenizer: Any) -> str:
     )
 
 
+def label_runs(sample: Encoded) -> list[tuple[list[int], bool]]:
+    """Consecutive token ids that are all trained or all prompt, in order: (ids, trained)."""
+    runs: list[tuple[list[int], bool]] = []
+    for token, label in zip(sample.input_ids, sample.labels, strict=True):
+        is_trained = label != IGNORE_INDEX
+        if not runs or runs[-1][1] != is_trained:
+            runs.append(([], is_trained))
+        runs[-1][0].append(token)
+    return runs
+
+
 def highlighted(sample: Encoded, tokenizer: Any) -> Text:
     """Decoded text with trained runs in bold green on a dark background and prompt runs dimmed."""
     text = Text()
-    run: list[int] = []
-    trained = False
-
-    def flush() -> None:
-        if run:
-            style = "bold green on grey15" if trained else "grey62"
-            text.append(tokenizer.decode(run, skip_special_tokens=False), style=style)
-
-    for token, label in zip(sample.input_ids, sample.labels, strict=True):
-        is_trained = label != IGNORE_INDEX
-        if is_trained != trained:
-            flush()
-            run, trained = [], is_trained
-        run.append(token)
-    flush()
+    for ids, trained in label_runs(sample):
+        style = "bold green on grey15" if trained else "grey62"
+        text.append(tokenizer.decode(ids, skip_special_tokens=False), style=style)
     return text
 
 

@@ -17,7 +17,8 @@ from typing import Any
 from tooltune.data.args import BUNDLED_DATA_DIR, DataArguments
 from tooltune.data.prepare import PreparedDataset, prepare_dataset
 from tooltune.data.registry import resolve_dataset
-from tooltune.encode import IGNORE_INDEX, POLICIES, Encoded
+from tooltune.encode import POLICIES, Encoded
+from tooltune.preview import label_runs
 from tooltune.templates import TEMPLATES
 from tooltune.ui.workspace import UIError, Workspace
 
@@ -143,23 +144,8 @@ class DataCache:
 
 def segments(sample: Encoded, tokenizer: Any) -> list[dict[str, Any]]:
     """Decoded runs of consecutive trained / prompt tokens, with the token count of each run."""
-    runs: list[dict[str, Any]] = []
-    ids: list[int] = []
-    trained = False
-
-    def flush() -> None:
-        if ids:
-            runs.append({"text": tokenizer.decode(ids, skip_special_tokens=False), "trained": trained,
-                         "tokens": len(ids)})
-
-    for token, label in zip(sample.input_ids, sample.labels, strict=True):
-        is_trained = label != IGNORE_INDEX
-        if is_trained != trained:
-            flush()
-            ids, trained = [], is_trained
-        ids.append(token)
-    flush()
-    return runs
+    return [{"text": tokenizer.decode(ids, skip_special_tokens=False), "trained": trained, "tokens": len(ids)}
+            for ids, trained in label_runs(sample)]
 
 
 def summary(loaded: LoadedDataset) -> dict[str, Any]:
