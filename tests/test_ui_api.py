@@ -134,7 +134,7 @@ def test_api_key_guards_pages_and_endpoints(keyed: RunningApp) -> None:
     with httpx.Client(base_url=keyed.url) as client:
         assert client.get("/ui/api/runs").status_code == 401
         page = client.get("/ui/data")
-        assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+        assert page.status_code == 303 and page.headers["location"] == "/ui/login?next=%2Fui%2Fdata"
         assert client.get("/ui/api/runs", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
         assert client.post("/ui/login", data={"key": "wrong"}).status_code == 401
         assert client.get("/ui/api/runs").status_code == 401
@@ -142,6 +142,26 @@ def test_api_key_guards_pages_and_endpoints(keyed: RunningApp) -> None:
         assert login.status_code == 303 and "httponly" in login.headers["set-cookie"].lower()
         assert KEY not in login.headers["set-cookie"]
         assert client.get("/ui/api/runs").status_code == 200 and client.get("/ui/data").status_code == 200
+
+
+def test_login_returns_to_the_page_asked_for_and_nowhere_else(keyed: RunningApp) -> None:
+    with httpx.Client(base_url=keyed.url) as client:
+        asked = client.get("/ui/run", params={"name": "alpha"})
+        assert asked.status_code == 303 and asked.headers["location"] == "/ui/login?next=%2Fui%2Frun%3Fname%3Dalpha"
+        form = client.get(asked.headers["location"]).text
+        assert '<input type="hidden" name="next" value="/ui/run?name=alpha">' in form
+        wrong = client.post("/ui/login", data={"key": "wrong", "next": "/ui/run?name=alpha"})
+        assert wrong.status_code == 401 and 'value="/ui/run?name=alpha"' in wrong.text  # kept for the retry
+        login = client.post("/ui/login", data={"key": KEY, "next": "/ui/run?name=alpha"})
+        assert login.status_code == 303 and login.headers["location"] == "/ui/run?name=alpha"
+        # Off-site or out-of-UI targets fall back to the data page (no open redirect), and markup is escaped.
+        for target in ("https://evil.example/ui/x", "//evil.example/ui/x", "/\\evil.example", "/ui/../etc/passwd",
+                       "/ui/./data", "/api/chat", "/ui/login", "javascript:alert(1)", "/ui/data\r\nSet-Cookie: x=1"):
+            response = client.post("/ui/login", data={"key": KEY, "next": target})
+            assert response.status_code == 303 and response.headers["location"] == "/ui/data", target
+            assert "evil" not in client.get("/ui/login", params={"next": target}).text, target
+        quoted = client.get("/ui/login", params={"next": '/ui/data?q="><script>'}).text
+        assert "<script>" not in quoted and "&quot;&gt;&lt;script&gt;" in quoted
 
 
 def test_runs_list_detail_and_compare(server: RunningApp) -> None:

@@ -107,7 +107,7 @@ def test_data_page_shows_trained_tokens_as_preprocess_counts_them(page, ui: Runn
     page.wait_for_selector("#main:not([data-loading]) .sample")
     assert "299 of 299" in page.inner_text("#page-info")
     page.click("button:has-text('next')")
-    page.wait_for_function("document.querySelector('#page-info').textContent.startsWith('page 2 ')")
+    page.wait_for_function("document.querySelector('#page-info')?.textContent.startsWith('page 2 ')")
     page.wait_for_selector("#main:not([data-loading]) .sample")
     assert int(page.locator(".sample").first.get_attribute("data-index")) >= 20
 
@@ -133,14 +133,14 @@ def test_runs_pages_live_loss_and_compare(page, ui: RunningApp, workspace: Path)
     for step, loss in ((3, 2.0), (4, 1.8)):
         with log.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, "loss": loss}) + "\n")
-        page.wait_for_function(f"document.querySelector('#loss-chart').dataset.points === '{step}'", timeout=5000)
+        page.wait_for_function(f"document.querySelector('#loss-chart')?.dataset.points === '{step}'", timeout=5000)
     assert "step 4" in page.inner_text("#live")
     page.goto(ui.url + "/ui/run?name=lr-1e-3")
     page.wait_for_selector("#stages")
     assert "90% (27/30)" in page.inner_text("#eval") and "model-Q4_K_M.gguf" in page.inner_text("#gguf")
     assert "FROM ./quantize/model-Q4_K_M.gguf" in page.inner_text("#modelfile")
-    page.wait_for_function("document.querySelector('img.report-chart').complete && "
-                           "document.querySelector('img.report-chart').naturalWidth > 100")
+    page.wait_for_function("document.querySelector('img.report-chart')?.complete && "
+                           "document.querySelector('img.report-chart')?.naturalWidth > 100")
     assert page.get_attribute("#loss-chart", "data-points") == "7"  # 6 training points and the held-out one
     shot(page, "run")
 
@@ -157,7 +157,7 @@ def test_run_form_refuses_bad_fields(page, ui: RunningApp, workspace: Path) -> N
     page.fill("input[name=learning_rate]", "1e-3")
     page.fill("input[name=model_name_or_path]", "../../etc")
     page.click("button[type=submit]")
-    page.wait_for_function("document.querySelector('#result .error').textContent.includes('outside')")
+    page.wait_for_function("document.querySelector('#result .error')?.textContent.includes('outside')")
     assert not (workspace / "runs" / "bad").exists()
     shot(page, "start")
 
@@ -174,10 +174,12 @@ def test_start_a_tiny_run_and_watch_its_loss_live(page, ui: RunningApp, workspac
         page.fill(f"input[name={field}]", value)
     page.click("button[type=submit]")
     page.wait_for_url("**/ui/run?name=tiny")
-    # Points arrive while training runs (pushed, no reload); then stop it from the page.
-    page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.points) >= 2", timeout=240_000)
+    # The chart is drawn once the run's first state has been fetched; points then arrive while training runs
+    # (pushed, no reload); then stop it from the page.
+    page.wait_for_selector("#loss-chart", timeout=60_000)
+    page.wait_for_function("Number(document.querySelector('#loss-chart')?.dataset.points) >= 2", timeout=240_000)
     first = int(page.get_attribute("#loss-chart", "data-points"))
-    page.wait_for_function(f"Number(document.querySelector('#loss-chart').dataset.points) > {first}",
+    page.wait_for_function(f"Number(document.querySelector('#loss-chart')?.dataset.points) > {first}",
                            timeout=60_000)
     shot(page, "run_live")
     page.click("button:has-text('Stop')")
@@ -214,12 +216,11 @@ def served(workspace: Path, default_gguf: Path):
 
 def test_playground_forced_tool_call_then_tool_result(page, served: str) -> None:
     page.goto(served + "/ui/playground")
-    page.wait_for_url("**/ui/login")  # the server's API key applies to its pages
+    page.wait_for_url("**/ui/login?next=*")  # the server's API key applies to its pages
     page.fill("input[name=key]", KEY)
     page.click("button[type=submit]")
-    page.wait_for_url("**/ui/data")
-    page.goto(served + "/ui/playground")
-    page.wait_for_selector("#send")
+    page.wait_for_selector("#send")  # back on the playground once the key is in
+    assert page.url == served + "/ui/playground"
     page.select_option("#tool-choice", "get_weather")
     page.fill("#temperature", "0")
     page.fill("#max-tokens", "40")  # a short reply keeps the test quick; the call itself is grammar-bound

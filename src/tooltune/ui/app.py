@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -52,6 +53,32 @@ def _cookie_value(api_key: str) -> str:
     return hashlib.sha256(f"tooltune-ui:{api_key}".encode()).hexdigest()
 
 
+def safe_next(target: str | None) -> str | None:
+    """The page to return to after logging in, or None when it is not one of this UI's own pages.
+
+    Only a local path under /ui/ is followed: anything with a scheme, a host (``//evil``), a backslash (browsers read
+    it as a slash) or a ``..`` segment could send the user off the UI once the key is typed in (an open redirect).
+    """
+    if not target or len(target) > 2000 or "\\" in target or any(ord(c) < 0x20 for c in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith(PREFIX + "/") or parts.path == PREFIX + "/login":
+        return None
+    if any(segment in (".", "..") for segment in parts.path.split("/")):
+        return None
+    return target
+
+
+def _login_html(next_page: str | None, error: str | None = None) -> bytes:
+    page = _static("login.html")
+    if next_page:
+        hidden = f'<input type="hidden" name="next" value="{html.escape(next_page, quote=True)}">'
+        page = page.replace(b"<!--next-->", hidden.encode("utf-8"))
+    if error:
+        page = page.replace(b"<!--error-->", f"<p class=error>{html.escape(error)}</p>".encode())
+    return page
+
+
 def _static(name: str) -> bytes:
     return resources.files("tooltune.ui").joinpath("static", name).read_bytes()
 
@@ -78,18 +105,19 @@ def create_ui_app(ctx: UIContext) -> FastAPI:
         return RedirectResponse(f"{PREFIX}/data", status_code=303)
 
     @app.get(PREFIX + "/login")
-    async def login_page() -> HTMLResponse:
-        return HTMLResponse(_static("login.html"))
+    async def login_page(request: Request) -> HTMLResponse:
+        return HTMLResponse(_login_html(safe_next(request.query_params.get("next"))))
 
     @app.post(PREFIX + "/login")
     async def login(request: Request) -> Response:
         # Parsed by hand: an urlencoded body needs no multipart dependency.
         form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
         key = (form.get("key") or [""])[0]
+        target = safe_next((form.get("next") or [""])[0])
         if not ctx.api_key or not hmac.compare_digest(key.encode(), ctx.api_key.encode()):
-            return HTMLResponse(_static("login.html").replace(b"<!--error-->", b"<p class=error>wrong key</p>"),
-                                status_code=401)
-        response = RedirectResponse(f"{PREFIX}/data", status_code=303)
+            return HTMLResponse(_login_html(target, error="wrong key"), status_code=401)
+        # Back to the page that asked for the key, as a user who opened a bookmarked page expects.
+        response = RedirectResponse(target or f"{PREFIX}/data", status_code=303)
         response.set_cookie(COOKIE, _cookie_value(ctx.api_key), httponly=True, samesite="strict", path=PREFIX)
         return response
 
@@ -241,8 +269,11 @@ class UIGate:
                 await _send_json(send, 401, {"error": "missing or wrong API key (log in at /ui/login or send "
                                                       "'Authorization: Bearer KEY')"})
             else:
+                query = scope.get("query_string", b"").decode("latin-1")
+                wanted = path + ("?" + query if query else "")
+                location = f"{PREFIX}/login" + (f"?next={quote(wanted, safe='')}" if safe_next(wanted) else "")
                 await send({"type": "http.response.start", "status": 303,
-                            "headers": [(b"location", f"{PREFIX}/login".encode()), (b"content-length", b"0")]})
+                            "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0")]})
                 await send({"type": "http.response.body", "body": b""})
             return
         await self.ui_app(scope, receive, send)
