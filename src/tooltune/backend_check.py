@@ -636,3 +636,25 @@ def print_report(report: CheckReport, console: Any) -> None:
     for line in details(report):
         console.print(escape(line))
     console.print(report.summary_line())
+
+
+# ------------------------------------------------------------------------------------------------ in the pipeline
+
+PIPELINE_LIMIT = 20  # conversations the pipeline checks: the gate's figures at a cost of seconds
+
+
+def pipeline_metrics(data_args: Any, model: Path, gguf: Path, modelfile: Path | None,
+                     limit: int = PIPELINE_LIMIT) -> dict[str, Any]:
+    """The check on the first ``limit`` conversations of the training data, as the figures the report shows."""
+    import dataclasses
+
+    from tooltune.data.loader import load_conversations
+
+    data = dataclasses.replace(data_args, max_samples=limit, strict=False)
+    conversations = load_conversations(data).conversations[:limit]
+    backends = open_backends(model, gguf, modelfile, template=data_args.template, thinking=data_args.thinking,
+                             tool_view=data_args.tool_view)
+    report = run_check(conversations, backends)
+    header = ["conversation", "texts", *(PAIR_LABELS[p] for p in PAIRS), "parse (5 paths)"]
+    return {"summary": report.summary_line(), "mismatches": report.mismatches, "sources": report.sources,
+            "header": header, "rows": table_rows(report), "details": details(report)}
