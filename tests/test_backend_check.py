@@ -220,3 +220,24 @@ def test_without_go_the_modelfile_is_not_checked(exported: Callable[[str], tuple
     assert _statuses(report, "modelfile") == {"not checked"}
     assert "train = Modelfile: not checked" in report.summary_line()
     assert all(_statuses(report, pair) == {"equal"} for pair in PAIRS if pair != "modelfile")
+
+
+def test_pipeline_report_shows_the_table(exported: Callable[[str], tuple[Path, Path]], go_cache: Path,
+                                         tmp_path: Path) -> None:
+    from tooltune.backend_check import pipeline_metrics
+    from tooltune.pipeline.report import write_report
+    from tooltune.serve.modelfile import write_modelfile
+
+    folder, gguf = exported("qwen2.5")
+    modelfile = write_modelfile(gguf, tmp_path / "Modelfile")
+    metrics = pipeline_metrics(DataArguments(dataset="glaive_toolcall_en_demo", template="qwen"), folder, gguf,
+                               modelfile, limit=3)
+    assert metrics["mismatches"] == 0 and len(metrics["rows"]) == 3
+    stage = {"status": "done", "wall_seconds": 1.0, "metrics": {
+        "name": "toolcall", "path": str(modelfile), "gguf": str(gguf), "text": modelfile.read_text(),
+        "warnings": [], "backend_check": metrics}}
+    manifest = {"config": {}, "versions": {}, "stages": {"modelfile": stage}}
+    text = write_report(manifest, tmp_path).read_text()
+    assert "## One check across backends" in text
+    assert "| conversation | texts | train = HF | train = GGUF | train = Modelfile | parse (5 paths) |" in text
+    assert "| glaive_toolcall_en_demo.json record 0 |" in text and metrics["summary"] in text
