@@ -163,6 +163,9 @@ def test_as_given_tools_differ_only_as_ollama_shows_them(exported: Callable[[str
     assert report.mismatches == 0
     known = [row.pairs["modelfile"] for row in report.rows if row.pairs["modelfile"].status == "known"]
     assert known and all("--tool_view ollama" in result.note for result in known)
+    # Only conversations with tools can differ in Ollama's view of them.
+    assert all(row.pairs["modelfile"].status == "equal" for row, conv in zip(report.rows, glaive, strict=True)
+               if not conv.tools)
 
 
 def test_broken_upstream_template_is_named_not_failed(tmp_path: Path, glaive: list[Conversation]) -> None:
@@ -241,3 +244,15 @@ def test_pipeline_report_shows_the_table(exported: Callable[[str], tuple[Path, P
     assert "## One check across backends" in text
     assert "| conversation | texts | train = HF | train = GGUF | train = Modelfile | parse (5 paths) |" in text
     assert "| glaive_toolcall_en_demo.json record 0 |" in text and metrics["summary"] in text
+
+
+def test_a_bos_that_is_also_a_turn_marker_is_not_a_difference() -> None:
+    # SmolLM2's BOS is <|im_start|>: a template's own first <|im_start|> must not be taken for a BOS to drop.
+    from tooltune.backend_check import Backends, Text, compare_go
+
+    backends = Backends(template=None, family=None, hf_tokens=("<|im_start|>", "<|im_end|>"))
+    text = Text("prompt of message 1", [], True, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert compare_go([text], [text.training], backends, None, {}).status == "equal"
+    assert compare_go([text], [text.training.removeprefix("<|im_start|>")], backends, None, {}).status == "equal"
+    result = compare_go([text], [text.training.replace("hi", "ho")], backends, None, {})
+    assert result.status == "mismatch" and result.difference is not None and result.difference.position == 18
