@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -149,31 +146,24 @@ def prompts_of(conversations: list[tuple[list[dict], list[dict] | None]]) -> lis
     return cases
 
 
-_GO_BINARY: list[Path] = []  # built once per session, shared by every module that imports this fixture
-
-
 @pytest.fixture(scope="session")
 def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go")
-    if go is None:
+    """The shipped Ollama template renderer (src/tooltune/resources/go/ollamatmpl), built once per session."""
+    from tooltune.serve.go_template import build_renderer
+
+    binary = build_renderer(tmp_path_factory.mktemp("go"))
+    if binary is None:
         pytest.skip("the Go toolchain (`go`, Debian package golang-go) is not installed: cannot run text/template")
-    if _GO_BINARY:
-        return _GO_BINARY[0]
-    out = tmp_path_factory.mktemp("go") / "ollamatmpl"
-    # The harness has no dependencies, so the build never touches the network.
-    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on"}
-    subprocess.run([go, "build", "-o", str(out), "."], cwd=TESTS / "go" / "ollamatmpl", check=True, env=env)
-    _GO_BINARY.append(out)
-    return out
+    return binary
 
 
 def go_render(binary: Path, template: str, cases: list[tuple[list[dict], list | None, bool]]) -> list[str]:
-    payload = [{"template": template, "messages": m, "tools": t} for m, t, _ in cases]
-    done = subprocess.run([str(binary)], input=json.dumps(payload), capture_output=True, text=True, check=True)
-    results = json.loads(done.stdout)
-    errors = [r["error"] for r in results if "error" in r]
+    from tooltune.serve.go_template import render_go
+
+    results = render_go(binary, [(template, m, t) for m, t, _ in cases])
+    errors = [str(r) for r in results if not isinstance(r, str)]
     assert not errors, errors[:3]
-    return [r["output"] for r in results]
+    return [r for r in results if isinstance(r, str)]
 
 
 def _training_qwen_jinja() -> str:

@@ -24,20 +24,10 @@ class ServeError(TooltuneError, ValueError):
 
 
 def resolve_chat_template(value: str | None) -> str | None:
-    """``--chat-template``: a registry name (``qwen`` = the training layout, ``qwen2.5``, ``qwen3``, ``mistral``...),
-    a Jinja file or a model folder, resolved by ``tooltune.families.registry`` like every other command."""
-    from tooltune.families.errors import FamilyError
-    from tooltune.families.registry import resolve
+    """``--chat-template`` through the one resolver every command uses (``tooltune.families.registry``)."""
+    from tooltune.families.registry import resolve_chat_template as resolve
 
-    if not value:
-        return None
-    try:
-        resolved = resolve(value)
-    except FamilyError as exc:
-        raise ServeError(f"--chat-template {value!r}: {exc}") from exc
-    for warning in resolved.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-    return resolved.source
+    return resolve(value, ServeError, warn=lambda w: console.print(f"[yellow]warning:[/yellow] {w}"))
 
 
 def is_loopback(host: str) -> bool:

@@ -93,20 +93,21 @@ def has_leaked_call(content: str, tool_names: list[str]) -> bool:
 
 
 def score_case(case: Case, generation: Generation, lenient: bool = False) -> CaseScore:
+    from tooltune.families.family import FAMILIES
+    from tooltune.families.parsers import parse_reply
+
     tool_names = case.tool_names
     errors = list(generation.errors)
+    family = FAMILIES.get(generation.family or "")
     if generation.api_calls is None:
         # Raw model text: read with the model family's parser (Hermes tags when the family is unknown).
-        from tooltune.families.family import FAMILIES
-        from tooltune.families.parsers import parse_reply
-
-        parsed = parse_reply(generation.text, FAMILIES.get(generation.family or ""), tools=tool_names, lenient=lenient)
+        parsed = parse_reply(generation.text, family, tools=tool_names, lenient=lenient)
         calls, content = parsed.calls, parsed.content
         errors += parsed.errors
     else:
         # A server's parsed calls are what a client gets; its content is re-parsed for errors, and for calls only
         # in lenient scoring (e.g. Ollama without a tool-aware TEMPLATE returns <tool_call> text as content).
-        reparsed = parse_tool_calls(generation.text, tools=tool_names, lenient=lenient)
+        reparsed = parse_reply(generation.text, family, tools=tool_names, lenient=lenient)
         calls = list(generation.api_calls)
         content = generation.text.strip()
         errors += reparsed.errors

@@ -71,15 +71,12 @@ class Target:
 
 
 def resolve_chat_template(value: str | None) -> str | None:
-    """Template text for ``--chat-template``: a name, a Jinja file or a model folder (``tooltune.families.registry``,
-    the one lookup every command uses)."""
-    from tooltune.families.errors import FamilyError
-    from tooltune.families.registry import resolve_text
+    """``--chat-template`` through the one resolver every command uses (``tooltune.families.registry``)."""
+    from rich.console import Console
 
-    try:
-        return resolve_text(value)
-    except FamilyError as exc:
-        raise TargetError(f"--chat-template {exc}") from None
+    from tooltune.families.registry import resolve_chat_template as resolve
+
+    return resolve(value, TargetError, warn=lambda w: Console(stderr=True).print(f"[yellow]warning:[/yellow] {w}"))
 
 
 # --------------------------------------------------------------------------------------------------------------------

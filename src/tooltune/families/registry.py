@@ -11,6 +11,7 @@ Families whose templates are not shipped (``llama3.2``, ``hermes3``: Llama licen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -107,3 +108,20 @@ def resolve(value: str | Path, use_fixes: bool = True) -> ResolvedTemplate:
 def resolve_text(value: str | None) -> str | None:
     """Template text for an optional ``--chat-template`` value (None stays None: the model's own)."""
     return resolve(value).source if value else None
+
+
+def resolve_chat_template(value: str | None, error: type[Exception] = FamilyError,
+                          warn: Callable[[str], None] | None = None) -> str | None:
+    """``--chat-template`` for every command that takes one (serve, eval, check-backends): a registry name, a Jinja
+    file or a model folder; None stays None (the model's own). A bad value raises ``error`` (the command's error
+    type) naming the flag; warnings (a known-broken folder template replaced) go to ``warn``."""
+    if not value:
+        return None
+    try:
+        resolved = resolve(value)
+    except FamilyError as exc:
+        raise error(f"--chat-template {value!r}: {exc}") from None
+    for warning in resolved.warnings:
+        if warn is not None:
+            warn(warning)
+    return resolved.source

@@ -111,6 +111,22 @@ def _metrics(stages: dict[str, Any], name: str) -> dict[str, Any]:
     return stages.get(name, {}).get("metrics", {}) or {}
 
 
+def backend_check_lines(check: dict[str, Any]) -> list[str]:
+    """`tooltune check-backends`' table: does every backend render the training text and read the same calls."""
+    if not check:
+        return []
+    lines = ["## One check across backends", "",
+             "Training render vs the model folder's template (HF, vLLM), the GGUF's and the Modelfile TEMPLATE (Go "
+             "`text/template`, as Ollama), and the same calls read by every parser path "
+             "(`tooltune check-backends`; docs/families.md):", ""]
+    lines += _table(check["header"], check["rows"])
+    lines += ["", *[f"- {name}: {source}" for name, source in check.get("sources", {}).items()]]
+    if check.get("details"):
+        lines += ["", "```", *check["details"], "```"]
+    lines += ["", f"**{check['summary']}**", ""]
+    return lines
+
+
 def render_report(manifest: dict[str, Any], run_dir: Path, report_stage: str = "report") -> str:
     stages: dict[str, Any] = manifest.get("stages", {})
     config: dict[str, Any] = manifest.get("config", {})
@@ -229,6 +245,7 @@ def render_report(manifest: dict[str, Any], run_dir: Path, report_stage: str = "
         lines += ["## Modelfile", "", f"`{modelfile.get('path')}`:", "", "```dockerfile"]
         lines += [str(modelfile.get("text", "")).rstrip(), "```", ""]
         lines += [f"**Warning:** {warning}" for warning in modelfile.get("warnings", [])]
+        lines += backend_check_lines(modelfile.get("backend_check") or {})
         lines += ["## Serve it", "", "```bash"]
         lines.append(f"tooltune serve {modelfile.get('gguf')} --name {name}   # Ollama API + OpenAI API on 127.0.0.1")
         lines.append(f"ollama create {name} -f {modelfile.get('path')}            # or with a real Ollama")

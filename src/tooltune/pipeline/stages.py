@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from tooltune.atomic import write_text
+from tooltune.errors import TooltuneError
 from tooltune.pipeline.config import PipelineConfig, default_serve_name
 from tooltune.pipeline.runner import PipelineError, RunReport, Stage, StageContext, StageOutput, run_stages
 
@@ -275,6 +276,7 @@ def run_modelfile(ctx: StageContext) -> StageOutput:
         warnings.append(f"Modelfile written without TEMPLATE ({exc})")
         ctx.console.print(f"[yellow]warning:[/yellow] {warnings[-1]}")
     write_modelfile(gguf, out, name=name, include_template=include_template)
+    backend_check = _check_backends(ctx, gguf, out, warnings)
     metrics = {
         "name": name,
         "path": str(out),
@@ -282,9 +284,30 @@ def run_modelfile(ctx: StageContext) -> StageOutput:
         "text": out.read_text(encoding="utf-8"),
         "template": include_template,
         "warnings": warnings,
+        "backend_check": backend_check,
     }
     summary = f"{out} (FROM {gguf.name}, name {name}" + (")" if include_template else ", no TEMPLATE: see warning)")
     return StageOutput({"modelfile": out}, summary=summary, metrics=metrics)
+
+
+def _check_backends(ctx: StageContext, gguf: Path, modelfile: Path, warnings: list[str]) -> dict[str, Any]:
+    """`tooltune check-backends` on the first conversations: training, HF, GGUF and Modelfile renders and every
+    parser path, so the report says whether what ships sees what was trained (a mismatch warns; the table says
+    where)."""
+    from tooltune.backend_check import pipeline_metrics
+
+    config: PipelineConfig = ctx.config
+    try:
+        metrics = pipeline_metrics(config.data, ctx.upstream_output("export", "model"), gguf, modelfile)
+    except TooltuneError as exc:
+        warnings.append(f"check-backends could not run ({exc})")
+        ctx.console.print(f"[yellow]warning:[/yellow] {warnings[-1]}")
+        return {}
+    ctx.console.print(metrics["summary"])
+    if metrics["mismatches"]:
+        warnings.append(f"{metrics['summary']}; the report's table shows where")
+        ctx.console.print(f"[yellow]warning:[/yellow] {warnings[-1]}")
+    return metrics
 
 
 def run_adapter_gguf(ctx: StageContext) -> StageOutput:

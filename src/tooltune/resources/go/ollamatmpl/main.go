@@ -1,6 +1,7 @@
 // Command ollamatmpl renders an Ollama Modelfile TEMPLATE with Go's own text/template, handing it the data Ollama
 // 0.33.0 hands it (template/template.go: Execute -> collate -> convertMessagesForTemplate/convertToolsForTemplate),
-// so tests can compare a generated TEMPLATE with the Jinja chat template it replaces.
+// so `tooltune check-backends` and the tests can compare a generated TEMPLATE with the Jinja chat template it
+// replaces. Shipped as a package resource and built once with `go build` (tooltune.serve.go_template).
 //
 // Emulated from Ollama 0.33.0 (read, not imported: this harness has no dependencies):
 //   - messages decode as api.Message (role lower-cased), then collate: system contents joined with "\n\n" into
