@@ -170,7 +170,9 @@ def test_training_render_is_apply_chat_template_and_trains_only_replies(family_t
         ends = [len(conv.messages)] if len(views) == 1 else [p + 1 for p in positions]
         assert len(views) == len(ends)
         for (text, spans), end in zip(views, ends, strict=True):
-            tools = [t.to_openai() for t in conv.tools] or None if family != "llama3.2" else conv.template_tools()
+            # Tools as clients send them (glaive's bare functions wrapped as they are), as vLLM and Ollama pass them.
+            tools = ([t.to_openai() for t in conv.tools] if family != "llama3.2"
+                     else [{"type": "function", "function": t} for t in conv.template_tools() or []]) or None
             expected = tokenizer.apply_chat_template(
                 template._messages(conv, end), tools=tools, tokenize=False, chat_template=template.source)
             assert text == expected, conv.where()

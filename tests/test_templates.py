@@ -30,6 +30,20 @@ def demo_conversations() -> list[Conversation]:
     return load_conversations(DataArguments(dataset="glaive_toolcall_en_demo,glaive_toolcall_zh_demo")).conversations
 
 
+def client_tools(conv: Conversation) -> list[dict] | None:
+    """Tools as OpenAI/Ollama clients send them, which is what vLLM and Ollama hand the chat template."""
+    shaped = []
+    for tool in conv.tools:
+        spec = tool.spec
+        if spec.get("type") == "function":
+            shaped.append(spec)
+        elif isinstance(spec.get("parameters", {}), dict):
+            shaped.append({"type": "function", "function": spec})
+        else:
+            shaped.append(tool.to_openai())
+    return shaped or None
+
+
 def prefixes(conv: Conversation) -> list[Conversation]:
     """Every conversation prefix that ends right before an assistant message (what eval renders)."""
     return [
@@ -64,7 +78,7 @@ def test_qwen_render_prompt_is_the_training_prompt(qwen_tok, demo_conversations)
 def test_jinja_template_equals_apply_chat_template_on_every_demo_conversation(qwen_tok, demo_conversations) -> None:
     template = get_template("jinja", qwen_tok)
     for conv in demo_conversations:
-        expected = qwen_tok.apply_chat_template(conv.template_messages(), tools=conv.template_tools(), tokenize=False)
+        expected = qwen_tok.apply_chat_template(conv.template_messages(), tools=client_tools(conv), tokenize=False)
         assert template.render_text(conv) == expected, conv.where()
 
 
@@ -75,7 +89,7 @@ def test_jinja_trains_only_assistant_spans_with_serving_ids(qwen_tok, demo_conve
     assert report.skipped == []
     end = qwen_tok.convert_tokens_to_ids("<|im_end|>")
     for conv, sample in zip(convs, report.samples, strict=True):
-        ids = qwen_tok.apply_chat_template(conv.template_messages(), tools=conv.template_tools(), tokenize=True)
+        ids = qwen_tok.apply_chat_template(conv.template_messages(), tools=client_tools(conv), tokenize=True)
         ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
         assert sample.input_ids == list(ids)
         trained = [t for t, label in zip(sample.input_ids, sample.labels, strict=True) if label != IGNORE_INDEX]
@@ -153,12 +167,12 @@ def test_three_tool_shapes(spec: dict, qwen_tok) -> None:
     assert "\n<tools>\n" + json.dumps(wrapped, ensure_ascii=False) + "\n</tools>" in qwen_text
     name = Tool(spec).name
     assert f'<tool_call>\n{{"name": "{name}", "arguments": {{"city": "北京"}}}}\n</tool_call><|im_end|>' in qwen_text
-    # jinja (the tokenizer's own template): the dict exactly as given, like apply_chat_template.
+    # jinja (the tokenizer's own template): the tool as a client sends it (what vLLM and Ollama give the template):
+    # a bare function wrapped with its keys untouched, the seed's parameter list as the OpenAI schema.
     jinja_text = get_template("jinja", qwen_tok).render_text(conv)
-    assert "\n<tools>\n" + json.dumps(spec, ensure_ascii=False) + "\n</tools>" in jinja_text
-    assert jinja_text == qwen_tok.apply_chat_template(
-        conv.template_messages(), tools=conv.template_tools(), tokenize=False
-    )
+    shown = wrapped if isinstance(spec.get("parameters"), dict) or spec is OPENAI else Tool(spec).to_openai()
+    assert "\n<tools>\n" + json.dumps(shown, ensure_ascii=False) + "\n</tools>" in jinja_text
+    assert jinja_text == qwen_tok.apply_chat_template(conv.template_messages(), tools=[shown], tokenize=False)
 
 
 def test_qwen_layout_details(qwen_tok) -> None:

@@ -27,7 +27,7 @@ import re
 from typing import Any, Literal
 
 from tooltune import chat_template
-from tooltune.conversation import Conversation
+from tooltune.conversation import Conversation, Tool
 from tooltune.families import detect
 from tooltune.families.family import Family
 from tooltune.templates.base import Template, TemplateError, TokenTurns, Turn
@@ -44,6 +44,22 @@ View = tuple[str, list[tuple[int, int]]]
 
 def strip_thinking(content: str) -> str:
     return _THINK_BLOCK.sub("", content, count=1)
+
+
+def as_client_sends(tool: Tool) -> dict[str, Any]:
+    """A tool the way OpenAI/Ollama clients send it, and so the way vLLM and Ollama hand it to the template.
+
+    Data often stores bare functions (glaive, LLaMA-Factory's sharegpt); templates that print each tool as received
+    (Llama 3.2, Qwen2.5's own, Hermes) would then train on text no server ever shows. A bare function whose
+    ``parameters`` is already a JSON schema is wrapped with its keys untouched; other shapes (the seed's list of
+    parameters) become the OpenAI schema a client would send.
+    """
+    spec = tool.spec
+    if isinstance(spec, dict) and spec.get("type") == "function" and isinstance(spec.get("function"), dict):
+        return spec
+    if isinstance(spec, dict) and isinstance(spec.get("parameters", {}), dict) and isinstance(spec.get("name"), str):
+        return {"type": "function", "function": spec}
+    return tool.to_openai()
 
 
 def with_call_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -119,9 +135,10 @@ class JinjaTemplate(Template):
             extra["enable_thinking"] = False
         tools = conv.template_tools()
         if tools and self.name != "jinja":
-            # Family templates read tools the way serving clients send them (OpenAI's {"type", "function"} shape);
-            # `jinja` keeps the data's dicts as given, exactly as apply_chat_template would.
+            # Family templates read tools the way serving clients send them (OpenAI's {"type", "function"} shape).
             tools = [tool.to_openai() for tool in conv.tools]
+        elif tools:
+            tools = [as_client_sends(tool) for tool in conv.tools]
         try:
             return chat_template.render(
                 self.source,
