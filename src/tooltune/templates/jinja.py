@@ -23,6 +23,7 @@ ignores ``tools=``, Gemma 3's has no tools) is refused with the reason, never tr
 from __future__ import annotations
 
 import bisect
+import os
 import re
 from typing import Any, Literal
 
@@ -103,12 +104,18 @@ class JinjaTemplate(Template):
         if name:
             self.name = name
         template = source if source is not None else getattr(tokenizer, "chat_template", None)
-        if isinstance(template, dict):  # named templates: take "default" like transformers
-            template = template.get("default") or next(iter(template.values()), None)
+        # Named templates (Hermes, Command-R): transformers renders a conversation that has tools with "tool_use" and
+        # any other with "default", and so do we — taking "default" alone would refuse every tool conversation.
+        self.tool_source: str | None = None
+        if isinstance(template, dict):
+            tool_use = template.get("tool_use")
+            template = template.get("default") or tool_use or next(iter(template.values()), None)
+            if isinstance(tool_use, str) and tool_use and tool_use != template:
+                self.tool_source = tool_use
         if not isinstance(template, str) or not template:
             raise TemplateError("template jinja: the tokenizer has no chat template (use --template qwen)")
         self.source = template
-        self.family = family or detect.from_template(template)
+        self.family = family or detect.from_template(self.tool_source or template)
         self.bos_token = getattr(tokenizer, "bos_token", None) or ""
         self.eos_token = getattr(tokenizer, "eos_token", None) or ""
 
@@ -141,7 +148,7 @@ class JinjaTemplate(Template):
             tools = [as_client_sends(tool) for tool in conv.tools]
         try:
             return chat_template.render(
-                self.source,
+                self.tool_source if tools and self.tool_source else self.source,
                 self._messages(conv, count),
                 tools=tools,
                 add_generation_prompt=add_generation_prompt,
@@ -187,6 +194,8 @@ class JinjaTemplate(Template):
         for position in positions:
             before = self._render(conv, position, True)
             upto = self._render(conv, position + 1, False)
+            if not upto.startswith(before):
+                upto = self._in_inference_context(conv, position, before, upto)
             if not upto.startswith(before) or len(upto) == len(before):
                 raise TemplateError(
                     f"{conv.where()}: the chat template's generation prompt is not how it renders assistant message "
@@ -206,6 +215,22 @@ class JinjaTemplate(Template):
         if spans is not None:
             return [(full, spans)]
         return per_message
+
+    def _in_inference_context(self, conv: Conversation, position: int, before: str, upto: str) -> str:
+        """The reply rendered after the prompt the model sees at inference, for templates that close the message
+        before a reply differently when it is the last one (Hermes 3 closes a last tool result without the newline it
+        puts inside a conversation). The reply is what follows the generation prompt in the longer rendering; it is
+        trained after ``before``, the text a server renders when asking for it. ``upto`` is returned as it was when
+        the generation prompt cannot be found (the caller then refuses the conversation)."""
+        plain = self._render(conv, position, False)
+        generation_prompt = before[len(plain):] if before.startswith(plain) else ""
+        if not generation_prompt:
+            return upto
+        shared = len(os.path.commonprefix([before, upto]))
+        start = upto.find(generation_prompt, max(0, shared - len(generation_prompt)))
+        if start < 0:
+            return upto
+        return before + upto[start + len(generation_prompt):]
 
     def spans(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
         """The whole rendering and each assistant span, for templates that keep earlier turns as they were."""
