@@ -336,6 +336,14 @@ def run_adapter_gguf(ctx: StageContext) -> StageOutput:
                           max_tokens=config.pipeline.eval_max_new_tokens, chat_template=eval_chat_template(config),
                           console=ctx.console)
         metrics["rows"] = [headline_row(label, run) for (label, _), run in zip(labelled, report.runs, strict=True)]
+        # Each row next to the merged file of the same type (F16 with F16, Q4_K_M with merged-then-quantized Q4_K_M),
+        # which the eval stages scored on the same held-out cases: the report sets them side by side.
+        merged_labels = [f"tuned {outtype}", *(f"tuned {q}" for q in config.pipeline.quantize[:1])]
+        metrics["compare"] = [
+            {"type": f["type"], "adapter_row": label, "merged_row": merged, "base_bytes": f["bytes"],
+             "adapter_bytes": files[-1]["bytes"]}
+            for f, (label, _), merged in zip(files[:-1], labelled, merged_labels, strict=True)
+        ]
         summary += "; " + "; ".join(f"{row['model']}: {row['right_name']}/{row['cases']} right function"
                                     for row in metrics["rows"])
     return StageOutput({"base_gguf": served_base, "adapter_gguf": adapter, "modelfile": out}, summary=summary,
