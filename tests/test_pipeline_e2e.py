@@ -135,6 +135,15 @@ def test_run_end_to_end_then_rerun_skips_every_stage(tiny_llama_dir: Path, tmp_p
     redone = {n for n, r in read_manifest(run_dir)["stages"].items() if r["started"] != stages[n]["started"]}
     assert redone == {"quantize", "eval_quants", "modelfile", "report"}
 
+    # Scoring only the quantized base + adapter (half the adapter stage's eval time) re-runs that stage alone.
+    fourth = tooltune("run", str(config), "--quantize", "Q8_0", "--adapter_eval", "quant")
+    assert fourth.returncode == 0, fourth.stderr[-4000:]
+    adapter_stage = read_manifest(run_dir)["stages"]["adapter_gguf"]["metrics"]
+    assert [row["model"] for row in adapter_stage["rows"]] == ["adapter + base Q8_0"]
+    assert [(c["type"], c["merged_row"]) for c in adapter_stage["compare"]] == [("Q8_0", "tuned Q8_0")]
+    report = (run_dir / "report.md").read_text()
+    assert re.search(r"\| Q8_0 \| base \+ adapter \| \d+% ", report) and "| F16 | base + adapter |" not in report
+
 
 def test_failed_stage_stops_with_its_error_and_keeps_earlier_outputs(tiny_llama_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
