@@ -346,8 +346,11 @@ def run_adapter_gguf(ctx: StageContext) -> StageOutput:
         ]
         summary += "; " + "; ".join(f"{row['model']}: {row['right_name']}/{row['cases']} right function"
                                     for row in metrics["rows"])
-    return StageOutput({"base_gguf": served_base, "adapter_gguf": adapter, "modelfile": out}, summary=summary,
-                       metrics=metrics)
+    outputs: dict[str, str | Path] = {"base_gguf": served_base, "adapter_gguf": adapter, "modelfile": out}
+    if "rows" in metrics:
+        # The scores are an output too: the report re-renders when they change even if every file above is the same.
+        outputs["eval_report"] = ctx.work_dir / "eval" / "report.json"
+    return StageOutput(outputs, summary=summary, metrics=metrics)
 
 
 def run_report(ctx: StageContext) -> StageOutput:
