@@ -67,6 +67,16 @@ def test_demo_config_parses_with_held_out_split() -> None:
     assert config.notes == []
 
 
+def test_demo_can_ship_the_adapter_with_a_choice_of_scored_rows() -> None:
+    demo = str(demo_config_path())
+    assert load_pipeline_config([demo]).pipeline.ship_adapter is False  # each scored row costs one eval's time
+    config = load_pipeline_config([demo, "--ship_adapter", "true", "--adapter-eval", "quant"])
+    assert config.pipeline.ship_adapter is True and config.pipeline.adapter_eval == "quant"
+    assert load_pipeline_config([demo, "--ship_adapter", "true"]).pipeline.adapter_eval == "all"
+    with pytest.raises(ArgumentError, match="adapter_eval"):
+        load_pipeline_config([demo, "--adapter_eval", "some"])
+
+
 def test_unknown_key_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("dataset: x\nlearning_rat: 1e-3\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,6 +94,8 @@ def test_run_end_to_end_then_rerun_skips_every_stage(tiny_llama_dir: Path, tmp_p
     adapter_rows = stages["adapter_gguf"]["metrics"]["rows"]  # the report's adapter-vs-merged rows
     assert [row["model"] for row in adapter_rows] == ["adapter + base F16", "adapter + base Q8_0"]
     assert all(row["all_cases"] == 4 for row in adapter_rows)
+    assert [(c["type"], c["merged_row"]) for c in stages["adapter_gguf"]["metrics"]["compare"]] == [
+        ("F16", "tuned f16"), ("Q8_0", "tuned Q8_0")]
 
     models = [row["model"] for row in stages["eval"]["metrics"]["rows"] + stages["eval_quants"]["metrics"]["rows"]]
     assert len(models) == 4  # base, tuned f16, Q8_0, Q4_K_M
@@ -111,6 +114,9 @@ def test_run_end_to_end_then_rerun_skips_every_stage(tiny_llama_dir: Path, tmp_p
     ):
         assert heading in report
     assert "tooltune serve" in report and "ollama create tiny-toolcall" in report
+    for kind in ("F16", "Q8_0"):  # adapter vs merged, each row with its eval figures and size
+        for shipped in ("merged", "base + adapter"):
+            assert re.search(rf"\| {kind} \| {re.escape(shipped)} \| \d+% \(\d+/\d+\)", report), (kind, shipped)
     assert (run_dir / "loss.png").stat().st_size > 1000 and (run_dir / "eval.png").stat().st_size > 1000
     for name in STAGE_NAMES[:-1]:
         assert f"| {name} | done |" in report
@@ -128,6 +134,15 @@ def test_run_end_to_end_then_rerun_skips_every_stage(tiny_llama_dir: Path, tmp_p
     assert third.returncode == 0, third.stderr[-4000:]
     redone = {n for n, r in read_manifest(run_dir)["stages"].items() if r["started"] != stages[n]["started"]}
     assert redone == {"quantize", "eval_quants", "modelfile", "report"}
+
+    # Scoring only the quantized base + adapter (half the adapter stage's eval time) re-runs that stage alone.
+    fourth = tooltune("run", str(config), "--quantize", "Q8_0", "--adapter_eval", "quant")
+    assert fourth.returncode == 0, fourth.stderr[-4000:]
+    adapter_stage = read_manifest(run_dir)["stages"]["adapter_gguf"]["metrics"]
+    assert [row["model"] for row in adapter_stage["rows"]] == ["adapter + base Q8_0"]
+    assert [(c["type"], c["merged_row"]) for c in adapter_stage["compare"]] == [("Q8_0", "tuned Q8_0")]
+    report = (run_dir / "report.md").read_text()
+    assert re.search(r"\| Q8_0 \| base \+ adapter \| \d+% ", report) and "| F16 | base + adapter |" not in report
 
 
 def test_failed_stage_stops_with_its_error_and_keeps_earlier_outputs(tiny_llama_dir: Path, tmp_path: Path) -> None:

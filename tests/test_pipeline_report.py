@@ -83,3 +83,42 @@ def test_report_renders_with_nothing_but_a_failed_stage(tmp_path: Path) -> None:
     )
     assert "data.json record 3: bad role" in text
     assert "## Tool-calling accuracy" not in text
+
+
+def test_report_sets_base_plus_adapter_next_to_the_merged_file_of_the_same_type(tmp_path: Path) -> None:
+    def row(model: str, name: int, args: int, speed: float) -> dict:
+        return {"model": model, "cases": 20, "format_valid": 20, "right_name": name, "args_match": args,
+                "tokens_per_second": speed}
+
+    mib = 2**20
+    stages = {
+        "gguf": {"status": "done", "metrics": {"files": [{"name": "model-f16.gguf", "type": "F16", "bytes": 258 * mib,
+                                                          "label": "tuned f16"}]}},
+        "quantize": {"status": "done", "metrics": {"files": [{"name": "model-Q4_K_M.gguf", "type": "Q4_K_M",
+                                                              "bytes": 101 * mib, "label": "tuned Q4_K_M"}]}},
+        "eval": {"status": "done", "metrics": {"rows": [row("tuned f16", 18, 12, 60.0)]}},
+        "eval_quants": {"status": "done", "metrics": {"rows": [row("tuned Q4_K_M", 17, 11, 80.0)]}},
+        "adapter_gguf": {"status": "done", "metrics": {
+            "files": [{"name": "base-f16.gguf", "type": "F16", "bytes": 258 * mib},
+                      {"name": "base-Q4_K_M.gguf", "type": "Q4_K_M", "bytes": 100 * mib},
+                      {"name": "adapter-f16.gguf", "type": "LoRA F16", "bytes": 9 * mib}],
+            "rows": [row("adapter + base F16", 18, 12, 45.0), row("adapter + base Q4_K_M", 16, 11, 62.0)],
+            "compare": [
+                {"type": "F16", "adapter_row": "adapter + base F16", "merged_row": "tuned f16",
+                 "base_bytes": 258 * mib, "adapter_bytes": 9 * mib},
+                {"type": "Q4_K_M", "adapter_row": "adapter + base Q4_K_M", "merged_row": "tuned Q4_K_M",
+                 "base_bytes": 100 * mib, "adapter_bytes": 9 * mib},
+            ],
+            "path": "run/adapter_gguf/Modelfile", "name": "toolcall", "text": "FROM base\nADAPTER adapter",
+            "serve": "tooltune serve base --lora toolcall=adapter"}},
+    }
+    text = render_report({"stages": stages}, tmp_path)
+    section = text[text.index("## Adapter (unmerged)"):]
+    assert "| type | shipped as | right function | right arguments | tok/s | size | each more |" in section
+    assert "| F16 | merged | 90% (18/20) [70%–97%] | 60% (12/20) [39%–78%] | 60 | 258 MB | 258 MB |" in section
+    assert "| F16 | base + adapter | 90% (18/20) [70%–97%] | 60% (12/20) [39%–78%] | 45 | 267 MB | 9 MB |" in section
+    assert "| Q4_K_M | merged | 85% (17/20) [64%–95%] | 55% (11/20) [34%–74%] | 80 | 101 MB | 101 MB |" in section
+    assert "| Q4_K_M | base + adapter | 80% (16/20) [58%–92%] | 55% (11/20) [34%–74%] | 62 | 109 MB | 9 MB |" in section
+    # A run recorded before the comparison existed (no "compare") still renders its adapter files.
+    del stages["adapter_gguf"]["metrics"]["compare"]
+    assert "shipped as" not in render_report({"stages": stages}, tmp_path)

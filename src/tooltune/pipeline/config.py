@@ -74,6 +74,12 @@ class PipelineArguments:
         metadata=_help("also ship the LoRA unmerged: base GGUF (+ first quantize type) and a LoRA GGUF, with a "
                        "Modelfile using ADAPTER and the `tooltune serve BASE --lora NAME=ADAPTER` command"),
     )
+    adapter_eval: Literal["all", "quant", "none"] = field(
+        default="all",
+        metadata=_help("with ship_adapter, score base + adapter on the held-out cases next to the merged files: all "
+                       "(the F16 base and the first quantize type), quant (only the quantized base, the one served), "
+                       "none (files, sizes and Modelfile only; each scored row costs about one eval stage's time)"),
+    )
     preview_samples: int = field(default=2, metadata=_help("samples the preview stage prints (the seed's debug view)"))
     synth: dict[str, Any] | None = field(
         default=None,

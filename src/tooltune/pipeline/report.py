@@ -107,6 +107,28 @@ def plot_eval(rows: list[dict[str, Any]], out: Path) -> bool:
     return True
 
 
+def adapter_comparison(stages: dict[str, Any]) -> list[list[str]]:
+    """Rows of the adapter-vs-merged table: per type, the merged file's eval row and size, then base + adapter's."""
+    compare = _metrics(stages, "adapter_gguf").get("compare", [])
+    by_model = {row.get("model"): row for row in eval_rows(stages)}
+    merged_files = {f.get("label"): f for name in ("gguf", "quantize") for f in _metrics(stages, name).get("files", [])}
+    rows: list[list[str]] = []
+    for pair in compare:
+        merged_bytes = merged_files.get(pair.get("merged_row"), {}).get("bytes")
+        adapter_bytes = pair.get("adapter_bytes")
+        both = (pair.get("base_bytes") or 0) + (adapter_bytes or 0) if adapter_bytes else None
+        for shipped, row_name, size, more in (("merged", pair.get("merged_row"), merged_bytes, merged_bytes),
+                                              ("base + adapter", pair.get("adapter_row"), both, adapter_bytes)):
+            row = by_model.get(row_name, {})
+            cases = row.get("cases", 0)
+            speed = row.get("tokens_per_second")
+            rows.append([str(pair.get("type", "")), shipped,
+                         format_rate(row.get("right_name", 0), cases) if row else "-",
+                         format_rate(row.get("args_match", 0), cases) if row else "-",
+                         f"{speed:.0f}" if speed else "-", format_bytes(size), format_bytes(more)])
+    return rows
+
+
 def _metrics(stages: dict[str, Any], name: str) -> dict[str, Any]:
     return stages.get(name, {}).get("metrics", {}) or {}
 
@@ -262,6 +284,14 @@ def render_report(manifest: dict[str, Any], run_dir: Path, report_stage: str = "
         rows = [[f"`{f['name']}`", str(f.get("type", "")), format_bytes(f.get("bytes"))]
                 for f in unmerged.get("files", [])]
         lines += _table(["file", "type", "size"], rows)
+        compare = adapter_comparison(stages)
+        if compare:
+            lines += ["", "The same fine-tune shipped both ways, scored on the same held-out cases (eval stages): the "
+                      "merged file, and its base of the same type with the LoRA applied by llama.cpp at run time "
+                      "(what `tooltune serve --lora` and Ollama's `ADAPTER` do). *tok/s*: decode speed during eval; "
+                      "*size*: what a first tool set ships; *each more*: what every further tool set adds.", ""]
+            lines += _table(["type", "shipped as", "right function", "right arguments", "tok/s", "size", "each more"],
+                            compare)
         lines += ["", f"`{unmerged.get('path')}`:", "", "```dockerfile", str(unmerged.get("text", "")).rstrip(), "```",
                   "", "```bash", f"{unmerged.get('serve')}   # base and adapter, one process, both APIs",
                   f"ollama create {unmerged.get('name')} -f {unmerged.get('path')}", "```", ""]

@@ -348,21 +348,32 @@ def run_adapter_gguf(ctx: StageContext) -> StageOutput:
                "serve": serve_command}
     summary = (f"{adapter.name} {adapter.stat().st_size / 2**20:.2f} MiB over {served_base.name} "
                f"{served_base.stat().st_size / 2**20:.1f} MiB; {out}")
-    if has_eval_data(config):
+    scored = {"all": files[:-1], "quant": files[1:-1] or files[:1], "none": []}[config.pipeline.adapter_eval]
+    if has_eval_data(config) and scored:
         # What the cheaper path costs: the held-out cases through base + adapter (llama.cpp applying the LoRA, as
         # `tooltune serve --lora` and Ollama's ADAPTER do), scored like the merged files in eval/eval_quants.
         from tooltune.eval import evaluate
         from tooltune.pipeline.evaluation import eval_cases, eval_chat_template, headline_row
 
-        labelled = [(f"adapter + base {f['type']}", f"{f['path']}#{adapter}") for f in files[:-1]]
+        labelled = [(f"adapter + base {f['type']}", f"{f['path']}#{adapter}") for f in scored]
         report = evaluate([spec for _, spec in labelled], eval_cases(config), ctx.work_dir / "eval",
                           max_tokens=config.pipeline.eval_max_new_tokens, chat_template=eval_chat_template(config),
                           console=ctx.console)
         metrics["rows"] = [headline_row(label, run) for (label, _), run in zip(labelled, report.runs, strict=True)]
+        # Each row next to the merged file of the same type (F16 with F16, Q4_K_M with merged-then-quantized Q4_K_M),
+        # which the eval stages scored on the same held-out cases: the report sets them side by side.
+        metrics["compare"] = [
+            {"type": f["type"], "adapter_row": label, "base_bytes": f["bytes"], "adapter_bytes": files[-1]["bytes"],
+             "merged_row": f"tuned {outtype}" if f is files[0] else f"tuned {f['type']}"}  # the eval stages' labels
+            for f, (label, _) in zip(scored, labelled, strict=True)
+        ]
         summary += "; " + "; ".join(f"{row['model']}: {row['right_name']}/{row['cases']} right function"
                                     for row in metrics["rows"])
-    return StageOutput({"base_gguf": served_base, "adapter_gguf": adapter, "modelfile": out}, summary=summary,
-                       metrics=metrics)
+    outputs: dict[str, str | Path] = {"base_gguf": served_base, "adapter_gguf": adapter, "modelfile": out}
+    if "rows" in metrics:
+        # The scores are an output too: the report re-renders when they change even if every file above is the same.
+        outputs["eval_report"] = ctx.work_dir / "eval" / "report.json"
+    return StageOutput(outputs, summary=summary, metrics=metrics)
 
 
 def run_report(ctx: StageContext) -> StageOutput:
@@ -498,7 +509,8 @@ def build_stages() -> list[Stage]:
             deps=("train", "gguf"),
             params=lambda c: {"name": default_serve_name(c), "outtype": c.pipeline.gguf_outtype.lower(),
                               "quantize": c.pipeline.quantize[:1],
-                              "eval": eval_params(c) if has_eval_data(c) else None},
+                              "eval": eval_params(c) if has_eval_data(c) else None,
+                              "adapter_eval": c.pipeline.adapter_eval},
             inputs=lambda c: {**dataset_files(c), **model_inputs(c)},
             enabled=lambda c: c.pipeline.ship_adapter,
         ),
