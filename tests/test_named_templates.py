@@ -8,6 +8,7 @@ import json
 import pytest
 from family_fixtures import FIXTURES, family_tokenizer_dir
 
+from tooltune import chat_template
 from tooltune.conversation import Conversation
 from tooltune.data import DataArguments, load_conversations
 from tooltune.encode import IGNORE_INDEX, encode_dataset
@@ -54,6 +55,11 @@ def test_tool_conversations_use_tool_use_and_others_default(hermes_tokenizer, gl
                                                         tokenize=False)
         assert template.render_text(conv) == expected, conv.where()
     assert "<tools>" in template.render_text(with_tools[0]) and "<tools>" not in template.render_text(without[0])
+    # Export, GGUF and vLLM take one template: it makes the same choice inside.
+    single = template.jinja_chat_template
+    for conv in glaive:
+        assert chat_template.render(single, conv.template_messages(), tools=client_tools(conv),
+                                    bos_token=hermes_tokenizer.bos_token) == template.render_text(conv), conv.where()
 
 
 def test_every_reply_is_trained_in_the_prompt_a_server_renders(hermes_tokenizer, glaive) -> None:

@@ -310,4 +310,8 @@ class JinjaTemplate(Template):
 
     @property
     def jinja_chat_template(self) -> str:
+        if self.tool_source:
+            # One file for every consumer that takes a single template (export, GGUF, vLLM --chat-template): the
+            # choice transformers makes between the named templates, made inside the template.
+            return "{% if tools %}" + self.tool_source + "{% else %}" + self.source + "{% endif %}"
         return self.source
