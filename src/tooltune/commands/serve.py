@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -126,15 +127,24 @@ def run_server(app: Any, host: str, port: int, shutdown_seconds: float) -> None:
     import uvicorn
 
     stopping: list[float] = []
+    scheduler = app.state.tooltune.scheduler
+    reason = "the server is shutting down; retry the request"
+    # uvicorn cancels what still runs at its deadline, which cuts a stream without a word: end those streams a
+    # little before it, in-band in each API's shape, while their connections can still carry the error event.
+    end_streams_after = max(0.0, shutdown_seconds - 0.5)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.should_exit:
+                scheduler.end_streams(reason)
                 self.force_exit = True
                 return
             stopping.append(time.perf_counter())
             console.print(f"{signal.Signals(sig).name}: stopping (in-flight requests get up to "
                           f"{shutdown_seconds:g} s)")
+            timer = threading.Timer(end_streams_after, scheduler.end_streams, (reason,))
+            timer.daemon = True
+            timer.start()
             self.should_exit = True
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
