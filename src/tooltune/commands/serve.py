@@ -106,7 +106,7 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
     engine = RunnerEngine(model_path, n_ctx=n_ctx, n_threads=n_threads,
                           chat_template=resolve_chat_template(chat_template),
                           wedge_seconds=wedge_seconds or DEFAULT_WEDGE_SECONDS, parallel=parallel,
-                          adapters=adapters)
+                          adapters=adapters, stream_interval=max(0.0, stream_interval_ms) / 1000)
     app = create_app(engine, served_name, defaults=defaults, system=system, messages=messages, api_key=api_key,
                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_limit=max_tokens_limit,
                      modelfile_text=modelfile_text, stream_interval=max(0.0, stream_interval_ms) / 1000,
