@@ -55,6 +55,7 @@ class _Runner:
         self.lock = threading.Lock()
         self.pending: dict[int, queue.Queue[dict[str, Any]]] = {}
         self.alive = True
+        self.messages = 0  # replies read (tokens come bunched: fewer messages than tokens)
         self.last_message = time.monotonic()
         self._send(load)
         self.hello = self._await_hello(load_timeout)
@@ -110,6 +111,7 @@ class _Runner:
         for line in self.replies:
             message = json.loads(line)
             with self.lock:
+                self.messages += 1
                 self.last_message = time.monotonic()
                 target = self.pending.get(message.get("id"))
                 if target is not None and ("done" in message or "error" in message):
