@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -40,6 +41,42 @@ def direct_llama(model: Path, threads: int):
     # Same thread settings as tooltune's engine (decode and prompt batches), so only the serving layer differs.
     return llama_cpp.Llama(model_path=str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
                            verbose=False)
+
+
+def engine_ceiling(llm, sequences: int, threads: int, steps: int = 32, prompt: int = 40) -> float:
+    """Tokens/s of llama.cpp itself decoding ``sequences`` sequences in one ``llama_decode`` per step, no serving
+    layer and no sampling: what --parallel can reach at best on this model and CPU (a batch of N costs more than
+    one token when the matrix products are compute-bound, as Q4_1's are: llama.cpp has no batched kernel for it)."""
+    import llama_cpp as lib
+
+    params = lib.llama_context_default_params()
+    params.n_ctx = 2048 * sequences
+    params.n_batch = params.n_ubatch = 512
+    params.n_seq_max = sequences
+    params.kv_unified = True  # as tooltune's batched loop sets it
+    params.n_threads = params.n_threads_batch = threads
+    ctx = lib.llama_init_from_model(llm.model, params)
+    batch = lib.llama_batch_init(512, 0, 1)
+    try:
+        n = 0
+        for seq in range(sequences):
+            for pos in range(prompt):
+                batch.token[n], batch.pos[n], batch.n_seq_id[n] = 1000 + 7 * pos + seq, pos, 1
+                batch.seq_id[n][0], batch.logits[n] = seq, pos == prompt - 1
+                n += 1
+        batch.n_tokens = n
+        assert lib.llama_decode(ctx, batch) == 0
+        started = time.perf_counter()
+        for step in range(steps):
+            for seq in range(sequences):
+                batch.token[seq], batch.pos[seq], batch.n_seq_id[seq] = 2000 + step, prompt + step, 1
+                batch.seq_id[seq][0], batch.logits[seq] = seq, True
+            batch.n_tokens = sequences
+            assert lib.llama_decode(ctx, batch) == 0
+        return steps * sequences / (time.perf_counter() - started)
+    finally:
+        lib.llama_batch_free(batch)
+        lib.llama_free(ctx)
 
 
 def bench_direct(llm, texts: list[str], tokens: int) -> list[tuple[float, float, int]]:
@@ -116,12 +153,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=8,
                         help="the server's --parallel for the 1/4/8-client part (the 1-client part uses 1)")
+    parser.add_argument("--part", choices=["all", "single", "parallel"], default="all",
+                        help="single: 1 client vs direct; parallel: 1/4/8 clients and llama.cpp's own ceiling")
     args = parser.parse_args()
     model = args.model or default_gguf_path()
     texts = prompts(args.runs)
+    client = httpx.Client(timeout=600)
+    if args.part in ("all", "single"):
+        bench_single(model, args, texts, client)
+    if args.part in ("all", "parallel"):
+        bench_parallel(model, args, client)
+
+
+def bench_single(model: Path, args: argparse.Namespace, texts: list[str], client: httpx.Client) -> None:
 
     server = Server(model, args.threads)  # --parallel 1: the single-request path, as before
-    client = httpx.Client(timeout=600)
     stream_one(client, server.url, prompts(1, offset=99)[0], 8)  # warm-up both paths the same way
     llm = direct_llama(model, args.threads)
     bench_direct(llm, prompts(1, offset=98), 8)
@@ -141,14 +187,25 @@ def main() -> None:
     # Each prompt ran both ways back to back; the median of the per-prompt differences is robust to prompt length.
     added = statistics.median((s[0] - d[0]) * 1000 for s, d in zip(served, direct, strict=True))
     print(f"model {model.name}, {args.runs} prompts x {args.tokens} tokens, {args.threads} threads, greedy")
+    ratio = served_rate / direct_rate
     print(f"decode   direct {direct_rate:7.1f} tok/s   served {served_rate:7.1f} tok/s   "
-          f"ratio {served_rate / direct_rate:.3f}x")
+          f"ratio {ratio:.3f}x (goal >= 0.95x: {'met' if ratio >= 0.95 else 'NOT met'})")
     print(f"TTFT     direct {direct_ttft:7.1f} ms      served {served_ttft:7.1f} ms      "
-          f"added {added:+.1f} ms (median of per-prompt differences)")
-
+          f"added {added:+.1f} ms (median of per-prompt differences; goal <= 20 ms: "
+          f"{'met' if added <= 20 else 'NOT met'})")
+    print(f"load average during the run: {os.getloadavg()[0]:.2f} (1 min)")
     server.close()
 
-    # Concurrency: the same server with --parallel slots, decoding concurrent requests in one batch.
+
+def bench_parallel(model: Path, args: argparse.Namespace, client: httpx.Client) -> None:
+    """The same server with --parallel slots, decoding concurrent requests in one batch, next to llama.cpp's own
+    batched decode of as many sequences (the ceiling no serving layer can beat)."""
+    llm = direct_llama(model, args.threads)
+    single = engine_ceiling(llm, 1, args.threads)
+    batched = engine_ceiling(llm, args.parallel, args.threads)
+    llm.close()
+    print(f"llama.cpp alone: 1 sequence {single:6.1f} tok/s, {args.parallel} sequences in one batch "
+          f"{batched:6.1f} tok/s total ({batched / single:.2f}x): the most --parallel can give on this model/CPU")
     server = Server(model, args.threads, parallel=args.parallel)
     stream_one(client, server.url, prompts(1, offset=97)[0], 8)
     base = None
@@ -163,8 +220,12 @@ def main() -> None:
         throughput = sum(r[2] for r in rows) / wall
         base = base or throughput
         worst_ttft = max(r[0] for r in rows) * 1000
+        goal = "" if clients == 1 else (
+            f"; goal 8 clients >= 2x and worst TTFT < 1000 ms: "
+            f"{'met' if throughput / base >= 2 and worst_ttft < 1000 else 'NOT met'}" if clients == 8 else "")
         print(f"clients {clients}: {throughput:6.1f} tok/s total ({throughput / base:.2f}x of 1 client), "
-              f"worst TTFT {worst_ttft:.0f} ms (--parallel {args.parallel})")
+              f"worst TTFT {worst_ttft:.0f} ms (--parallel {args.parallel}){goal}")
+    print(f"load average during the run: {os.getloadavg()[0]:.2f} (1 min)")
     server.close()
 
 if __name__ == "__main__":

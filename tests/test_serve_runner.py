@@ -19,6 +19,7 @@ import openai
 import pytest
 from test_serve_api import MODEL, QWEN_JINJA, RunningServer  # noqa: E402  (tests/ is on sys.path)
 
+from tooltune.engines import SamplingParams
 from tooltune.serve.app import create_app
 from tooltune.serve.runner_client import RunnerEngine
 
@@ -170,8 +171,10 @@ def test_parallel_slots_decode_concurrent_requests_together(default_gguf: Path) 
     import json
     from concurrent.futures import ThreadPoolExecutor
 
-    engine = RunnerEngine(default_gguf, n_ctx=512, n_threads=1, chat_template=QWEN_JINJA, parallel=4)
-    server = RunningServer(create_app(engine, MODEL, stream_interval=0))
+    # Tokens leave the runner bunched (stream_interval), as `tooltune serve` runs it; each is still its own line.
+    engine = RunnerEngine(default_gguf, n_ctx=512, n_threads=1, chat_template=QWEN_JINJA, parallel=4,
+                          stream_interval=0.05)
+    server = RunningServer(create_app(engine, MODEL, stream_interval=0.05))
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     requests = [
         {"messages": [{"role": "user", "content": "Write a long story about the sea."}],
@@ -212,4 +215,26 @@ def test_parallel_slots_decode_concurrent_requests_together(default_gguf: Path) 
         assert run(requests[3])[2]["text"] == run(requests[3])[2]["text"]
     finally:
         server.stop()
+        engine.close()
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_bunched_tokens_arrive_as_the_same_chunks_in_fewer_messages(runner_server, default_gguf: Path,
+                                                                    parallel: int) -> None:
+    """The runner sends a request's tokens in bunches (one message per stream interval): the chunks the server
+    streams are exactly those of one message per token, on the one-at-a-time path and the batched one."""
+    params = SamplingParams(temperature=0.0, max_tokens=48)
+    prompt = "<|im_start|>user\nWrite a long story about the sea.<|im_end|>\n<|im_start|>assistant\n"
+    reference = [chunk.text for chunk in runner_server.state.engine.stream(prompt, params)]  # interval 0
+    engine = RunnerEngine(default_gguf, n_ctx=1024, n_threads=1, chat_template=QWEN_JINJA, parallel=parallel,
+                          stream_interval=10.0)  # longer than the decode: the first token, then the rest at the end
+    try:
+        before = engine._runner.messages
+        bunched = [chunk.text for chunk in engine.stream(prompt, params)]
+        assert engine.last_result is not None and engine.last_result.completion_tokens == 48
+        assert "".join(bunched) == engine.last_result.text and len(bunched) > 40  # still one chunk per token
+        if parallel == 1:  # same context as the reference (the batched one's logits may differ in the last bits)
+            assert bunched == reference
+        assert engine._runner.messages - before <= 3, engine._runner.messages - before  # first, rest, done
+    finally:
         engine.close()

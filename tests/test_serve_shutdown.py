@@ -5,6 +5,7 @@ Timings are printed (run with -s to see them), not asserted tightly: the CPU is 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -53,31 +54,42 @@ def children(pid: int) -> list[int]:
     return found
 
 
+STREAMS = {  # one request per API, both long enough to be running when the signal comes
+    "ollama": ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": "Write a very long story."}],
+                             "options": {"num_predict": 1000}}),
+    "openai": ("/v1/chat/completions", {"model": "m", "stream": True, "max_tokens": 1000,
+                                        "messages": [{"role": "user", "content": "Write a very long story."}]}),
+}
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_a_busy_server_within_seconds_with_status_0(default_gguf: Path, signum: int) -> None:
-    process, url = start_server(default_gguf, "--shutdown-timeout", "2")
+    # --parallel 2: both streams are running (headers sent) when the signal comes, not one of them queued.
+    process, url = start_server(default_gguf, "--shutdown-timeout", "2", "--parallel", "2")
     [runner] = children(process.pid)
     # The API process never maps llama.cpp; its runner does.
     assert "libllama" not in Path(f"/proc/{process.pid}/maps").read_text()
     assert "libllama" in Path(f"/proc/{runner}/maps").read_text()
 
-    lines: list[str] = []
-    first_token = threading.Event()
+    lines: dict[str, list[str]] = {api: [] for api in STREAMS}
+    first_token = {api: threading.Event() for api in STREAMS}
 
-    def long_stream() -> None:
+    def long_stream(api: str) -> None:
+        path, body = STREAMS[api]
         try:
-            with httpx.stream("POST", f"{url}/api/generate", timeout=60, json={
-                    "model": "m", "prompt": "Write a very long story.", "options": {"num_predict": 1000}}) as r:
+            with httpx.stream("POST", f"{url}{path}", timeout=60, json=body) as r:
                 for line in r.iter_lines():
-                    lines.append(line)
-                    first_token.set()
+                    if line:
+                        lines[api].append(line)
+                        first_token[api].set()
         except httpx.HTTPError as exc:
-            lines.append(f"transport: {exc}")
-        first_token.set()
+            lines[api].append(f"transport: {exc}")
+        first_token[api].set()
 
-    client = threading.Thread(target=long_stream)
-    client.start()
-    assert first_token.wait(60)
+    clients = [threading.Thread(target=long_stream, args=(api,)) for api in STREAMS]
+    for client in clients:
+        client.start()
+    assert all(event.wait(60) for event in first_token.values())
     started = time.perf_counter()
     process.send_signal(signum)
     time.sleep(0.3)
@@ -85,12 +97,20 @@ def test_signal_stops_a_busy_server_within_seconds_with_status_0(default_gguf: P
         httpx.get(url, timeout=2)
     code = process.wait(30)
     took = time.perf_counter() - started
-    client.join(30)
+    for client in clients:
+        client.join(30)
     output = process.stdout.read()
-    print(f"\n{signal.Signals(signum).name} with a stream in flight: exit {code} after {took:.2f} s "
-          f"(--shutdown-timeout 2); the stream got {len(lines)} lines, last: {lines[-1][:200]}")
+    print(f"\n{signal.Signals(signum).name} with two streams in flight: exit {code} after {took:.2f} s "
+          f"(--shutdown-timeout 2); last lines: {[(api, len(got), got[-1][:160]) for api, got in lines.items()]}")
     assert code == 0, output
-    assert len(lines) > 1 and '"error"' not in lines[0], lines[:2]  # the request was running when the signal came
     assert took < 15, output
     assert "stopping" in output and "stopped in" in output
     assert not Path(f"/proc/{runner}").exists() or "zombie" in Path(f"/proc/{runner}/status").read_text().lower()
+    # Streams still running at the deadline end with an error event in their API's own shape, not a silent cut.
+    ollama_lines, openai_lines = lines["ollama"], lines["openai"]
+    assert len(ollama_lines) > 1 and '"error"' not in ollama_lines[0], ollama_lines[:2]
+    assert "shutting down" in json.loads(ollama_lines[-1])["error"], ollama_lines[-1]
+    assert openai_lines[-1] == "data: [DONE]", openai_lines[-2:]
+    error = json.loads(openai_lines[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "server_stopping" and "shutting down" in error["message"], error
+    assert all('"error"' not in line for line in openai_lines[:-2])

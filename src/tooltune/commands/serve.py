@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
     engine = RunnerEngine(model_path, n_ctx=n_ctx, n_threads=n_threads,
                           chat_template=resolve_chat_template(chat_template),
                           wedge_seconds=wedge_seconds or DEFAULT_WEDGE_SECONDS, parallel=parallel,
-                          adapters=adapters)
+                          adapters=adapters, stream_interval=max(0.0, stream_interval_ms) / 1000)
     app = create_app(engine, served_name, defaults=defaults, system=system, messages=messages, api_key=api_key,
                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_limit=max_tokens_limit,
                      modelfile_text=modelfile_text, stream_interval=max(0.0, stream_interval_ms) / 1000,
@@ -116,15 +117,24 @@ def run_server(app: Any, host: str, port: int, shutdown_seconds: float) -> None:
     import uvicorn
 
     stopping: list[float] = []
+    scheduler = app.state.tooltune.scheduler
+    reason = "the server is shutting down; retry the request"
+    # uvicorn cancels what still runs at its deadline, which cuts a stream without a word: end those streams a
+    # little before it, in-band in each API's shape, while their connections can still carry the error event.
+    end_streams_after = max(0.0, shutdown_seconds - 0.5)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.should_exit:
+                scheduler.end_streams(reason)
                 self.force_exit = True
                 return
             stopping.append(time.perf_counter())
             console.print(f"{signal.Signals(sig).name}: stopping (in-flight requests get up to "
                           f"{shutdown_seconds:g} s)")
+            timer = threading.Timer(end_streams_after, scheduler.end_streams, (reason,))
+            timer.daemon = True
+            timer.start()
             self.should_exit = True
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",

@@ -199,18 +199,35 @@ class BatchedLoop:
 
 
 def serve_batched(engine: LlamaCppEngine, parallel: int, jobs: queue.Queue[dict[str, Any] | None],
-                  is_cancelled: Callable[[int], bool], send: Callable[[dict[str, Any]], None]) -> None:
-    """The runner's decode loop with ``parallel`` slots; ``jobs`` holds generate commands in arrival order."""
-    from tooltune.serve.runner import sampling_params
+                  is_cancelled: Callable[[int], bool], send_many: Callable[[list[dict[str, Any]]], None],
+                  stream_interval: float = 0.0) -> None:
+    """The runner's decode loop with ``parallel`` slots; ``jobs`` holds generate commands in arrival order.
+
+    What one step produces for all slots leaves in one write, each slot's tokens bunched as the runner's protocol
+    describes (``tooltune.serve.runner``)."""
+    from tooltune.serve.runner import ChunkBatcher, sampling_params
 
     loop = BatchedLoop(engine, parallel)
+    outbox: list[dict[str, Any]] = []  # messages of this step
+    batchers: dict[int, ChunkBatcher] = {}
+
+    def send(message: dict[str, Any]) -> None:
+        outbox.append(message)
+
+    def flush() -> None:
+        if outbox:
+            send_many(outbox[:])
+            outbox.clear()
 
     def emit(slot: Slot, text: str) -> None:
-        send({"id": slot.job_id, "chunk": text})
+        batcher = batchers.setdefault(slot.job_id, ChunkBatcher(slot.job_id, stream_interval))
+        message = batcher.add(text, time.perf_counter())
+        if message is not None:
+            send(message)
 
     def finish(slot: Slot, outcome: Any) -> None:
         if isinstance(outcome, Exception):
-            send({"id": slot.job_id, "error": str(outcome), "kind": "request"})
+            final = {"id": slot.job_id, "error": str(outcome), "kind": "request"}
         else:
             tail = slot.decoder.decode(b"", final=True) + (slot.stop.flush() if outcome == "length" else "")
             if tail:
@@ -218,7 +235,12 @@ def serve_batched(engine: LlamaCppEngine, parallel: int, jobs: queue.Queue[dict[
                 emit(slot, tail)
             result = _timed_result(slot.text_parts, outcome, len(slot.tokens), len(slot.completion), slot.started,
                                    slot.first_token_at, engine.load_seconds)
-            send({"id": slot.job_id, "done": result.__dict__})
+            final = {"id": slot.job_id, "done": result.__dict__}
+        batcher = batchers.pop(slot.job_id, None)
+        held = batcher.take(time.perf_counter()) if batcher else None
+        if held:
+            send(held)
+        send(final)
         loop.release(slot)
 
     waiting: collections.deque[dict[str, Any]] = collections.deque()  # taken from ``jobs``, not yet admitted
@@ -231,6 +253,7 @@ def serve_batched(engine: LlamaCppEngine, parallel: int, jobs: queue.Queue[dict[
     while True:
         while loop.free_seqs:  # join waiting requests between steps (block only when nothing is decoding)
             if not waiting:
+                flush()  # nothing may wait in the outbox while this blocks
                 try:
                     command = jobs.get(block=not loop.slots)
                 except queue.Empty:
@@ -257,4 +280,6 @@ def serve_batched(engine: LlamaCppEngine, parallel: int, jobs: queue.Queue[dict[
         for slot in list(loop.slots):
             if is_cancelled(slot.job_id):
                 finish(slot, "stop")
+        flush()  # admission errors and cancels, before a step that may take a while
         loop.step(emit, finish)
+        flush()

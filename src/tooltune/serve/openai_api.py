@@ -21,7 +21,7 @@ from tooltune.serve import grammar as grammars
 from tooltune.serve import wire
 from tooltune.serve.family_reply import ReplyReader
 from tooltune.serve.runner_client import RunnerUnavailable
-from tooltune.serve.scheduler import Job
+from tooltune.serve.scheduler import Job, ServerStopping
 from tooltune.serve.state import ApiError, ServerState
 from tooltune.toolcalls import ToolCallDone
 
@@ -158,6 +158,8 @@ def _completion(state: ServerState, plan: ToolPlan, reader: ReplyReader, text: s
 
 
 def _in_band_status(exc: Exception) -> tuple[int, str | None]:
+    if isinstance(exc, ServerStopping):
+        return 503, "server_stopping"
     if isinstance(exc, RunnerUnavailable):
         return 503, "runner_unavailable"
     if isinstance(exc, EngineError):

@@ -55,6 +55,7 @@ class _Runner:
         self.lock = threading.Lock()
         self.pending: dict[int, queue.Queue[dict[str, Any]]] = {}
         self.alive = True
+        self.messages = 0  # replies read (tokens come bunched: fewer messages than tokens)
         self.last_message = time.monotonic()
         self._send(load)
         self.hello = self._await_hello(load_timeout)
@@ -110,6 +111,7 @@ class _Runner:
         for line in self.replies:
             message = json.loads(line)
             with self.lock:
+                self.messages += 1
                 self.last_message = time.monotonic()
                 target = self.pending.get(message.get("id"))
                 if target is not None and ("done" in message or "error" in message):
@@ -161,9 +163,13 @@ class RunnerEngine(Engine):
     def __init__(self, model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  chat_template: str | None = None, trust_remote_code: bool = False,
                  wedge_seconds: float = DEFAULT_WEDGE_SECONDS, load_timeout: float = 600.0,
-                 parallel: int = 1, adapters: dict[str, list[Path]] | None = None) -> None:
+                 parallel: int = 1, adapters: dict[str, list[Path]] | None = None,
+                 stream_interval: float = 0.0) -> None:
+        # stream_interval: the runner bunches a request's tokens into one message per this many seconds (the
+        # scheduler's own hand-over interval, so bunching adds no delay the client would not see anyway).
         self._load = {"model": str(model), "n_ctx": n_ctx, "n_threads": n_threads, "chat_template": chat_template,
                       "trust_remote_code": trust_remote_code, "parallel": parallel,
+                      "stream_interval": max(0.0, stream_interval),
                       "adapters": {name: [str(p) for p in paths] for name, paths in (adapters or {}).items()}}
         self._load_timeout = load_timeout
         self.wedge_seconds = wedge_seconds
@@ -257,8 +263,9 @@ class RunnerEngine(Engine):
                     if cancel is not None and cancel.is_set():
                         return
                     continue
-                if "chunk" in message:
-                    yield Chunk(message["chunk"])
+                if "chunks" in message:
+                    for text in message["chunks"]:
+                        yield Chunk(text)
                 elif "done" in message:
                     finished = True
                     self.last_result = Result(**message["done"]) if message["done"] else None

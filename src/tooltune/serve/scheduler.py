@@ -27,13 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tooltune.engines import Chunk, Engine, Result, SamplingParams
+from tooltune.engines import Chunk, Engine, EngineError, Result, SamplingParams
 
 DEFAULT_STREAM_INTERVAL = 0.05
 
 
 class QueueFullError(Exception):
     pass
+
+
+class ServerStopping(EngineError):
+    """The server is shutting down: a request still running when its grace period ends gets this, in-band."""
 
 
 _DONE = object()
@@ -199,6 +203,17 @@ class Scheduler:
             jobs = list(self._jobs)
         for job in jobs:
             job.cancel.set()
+
+    def end_streams(self, reason: str) -> None:
+        """Shutdown's deadline: every queued and running request ends now with ``ServerStopping``.
+
+        Handed over ahead of the decode thread's own end, so a stream whose headers are sent ends with an error
+        event in its API's shape instead of being cut when the server closes its connection."""
+        with self._counter_lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel.set()
+            self._put(job, ServerStopping(reason))
 
     def shutdown(self) -> None:
         self.cancel_all()

@@ -21,7 +21,7 @@ from tooltune.conversation import ConversationError, Message, Tool
 from tooltune.engines import Chunk, Engine, EngineError, SamplingParams
 from tooltune.serve.limits import LimitError, RequestLimits, check_schema, check_text, decode_body
 from tooltune.serve.runner_client import RETRY_AFTER_SECONDS, RunnerUnavailable
-from tooltune.serve.scheduler import DEFAULT_STREAM_INTERVAL, Job, QueueFullError, Scheduler
+from tooltune.serve.scheduler import DEFAULT_STREAM_INTERVAL, Job, QueueFullError, Scheduler, ServerStopping
 from tooltune.serve.validate import FieldError, parse_message
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -298,6 +298,8 @@ class ServerState:
 
 def engine_api_error(exc: EngineError) -> ApiError:
     """A request the engine refused is the client's (400); a runner that died or hung is the server's (503)."""
+    if isinstance(exc, ServerStopping):
+        return ApiError(503, str(exc), "server_stopping")
     if isinstance(exc, RunnerUnavailable):
         return ApiError(503, f"{exc}; retry the request", "runner_unavailable",
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
