@@ -96,3 +96,13 @@ def test_a_template_whose_reply_cannot_be_located_is_still_refused(hermes_tokeni
     with pytest.raises(TemplateError, match="cannot be located"):
         template.views(Conversation(messages=[Message("user", "hi"), Message("assistant", "hello")]))
 
+
+
+def test_a_folder_with_named_templates_loads_as_one_that_keeps_tool_use(hermes_tokenizer, glaive) -> None:
+    # What serving, the GGUF converter and vllm-command read from the folder.
+    folder = hermes_tokenizer.name_or_path
+    single = chat_template.load_from_tokenizer_dir(folder)
+    assert single == get_template("jinja", hermes_tokenizer).jinja_chat_template
+    conv = next(c for c in glaive if c.tools)
+    assert "<tools>" in chat_template.render(single, conv.template_messages(), tools=client_tools(conv),
+                                             bos_token=hermes_tokenizer.bos_token)

@@ -94,10 +94,23 @@ def _config_template(cfg_file: Path) -> str | None:
     if not cfg_file.is_file():
         return None
     template = json.loads(cfg_file.read_text(encoding="utf-8")).get("chat_template")
-    if isinstance(template, list):  # named templates: take "default"
+    if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default") or next(iter(named.values()), None)
+        default = named.get("default") or next(iter(named.values()), None)
+        tool_use = named.get("tool_use")
+        template = default
+        if isinstance(default, str) and isinstance(tool_use, str):
+            template = combine_named(default, tool_use)
     return template if isinstance(template, str) else None
+
+
+def combine_named(default: str, tool_use: str | None) -> str:
+    """One template for a named pair (Hermes ships "default" and "tool_use"): transformers renders a conversation
+    that has tools with "tool_use" and any other with "default"; the returned template makes that choice inside, so
+    every consumer that takes a single template (serving, GGUF, vLLM ``--chat-template``) keeps the tool layout."""
+    if not tool_use or tool_use == default:
+        return default
+    return "{% if tools %}" + tool_use + "{% else %}" + default + "{% endif %}"
 
 
 def load_from_tokenizer_dir(path: str | Path, prefer: str = "transformers") -> str | None:

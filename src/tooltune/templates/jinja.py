@@ -313,5 +313,5 @@ class JinjaTemplate(Template):
         if self.tool_source:
             # One file for every consumer that takes a single template (export, GGUF, vLLM --chat-template): the
             # choice transformers makes between the named templates, made inside the template.
-            return "{% if tools %}" + self.tool_source + "{% else %}" + self.source + "{% endif %}"
+            return chat_template.combine_named(self.source, self.tool_source)
         return self.source
