@@ -175,6 +175,14 @@ def test_every_rejection_reason_from_a_crafted_sample() -> None:
     train, test, overlap = split_held_out(samples, 0.25, seed=0)
     assert len(test) == 1 and len(train) + len(overlap) == 3
     assert all(r.rejection.reason == "test_overlap" for r in overlap)
+    # nor do two held-out samples share a request (it would be scored twice)
+    repeated = [Sample(PlanItem("add_note", pattern, "en", 0), _record(("human", "note: buy milk"), ("function_call", {
+        "name": "add_note", "arguments": {"text": "buy milk"}}))) for pattern in ("single", "result") for _ in (0, 1)]
+    for i, sample in enumerate(repeated):
+        sample.item = PlanItem("add_note", sample.item.pattern, "en", i)
+    train, test, overlap = split_held_out(repeated, 0.5, seed=0)
+    assert not train and len(test) == 1 and {r.rejection.reason for r in overlap} == {"test_overlap"}
+    assert sum("another held-out sample" in r.rejection.detail for r in overlap) == 1
     # generation: a template slot with no values anywhere
     gap = _small_spec(templates={"add_note": {"en": ["note: {text}"], "zh": ["记一下：{text}"]},
                                  "set_lamp": {"en": ["{room} lamp {mode}"], "zh": ["{room}灯{mode}"]}},
