@@ -241,6 +241,34 @@ def test_distractors_offer_called_tools_fallback_and_n_others() -> None:
     assert Verifier(spec).check(record).reason == "unknown_tool"
 
 
+def test_tool_shape_offers_openai_schemas_with_the_spec_enums() -> None:
+    def shapes(spec) -> list[str]:
+        plan, offline = prepare(spec)
+        result = synthesize(spec, plan, offline=offline)
+        assert not [r for r in result.rejected if r.rejection.reason not in ("duplicate", "test_overlap")]
+        found = []
+        for sample in result.train + result.test:
+            for tool in json.loads(sample.record["tools"]):
+                if "function" in tool:
+                    schema = tool["function"]["parameters"]
+                    assert schema["type"] == "object" and "additionalProperties" not in schema
+                    if tool["function"]["name"] == "HandleTongzhiTonggao":
+                        assert schema["properties"]["operation"]["enum"] == ["ADD", "DELETE", "UPDATE", "LIST"]
+                        assert schema["required"] == ["operation", "type", "content"]
+                    found.append("openai")
+                else:
+                    assert isinstance(tool["parameters"], list)  # the seed's list shape, as written
+                    found.append("as_given")
+        return found
+
+    assert set(shapes(load_spec(SEED_SPEC, {"languages": ["zh"], "distractors": 0}))) == {"as_given"}
+    assert set(shapes(load_spec(SEED_SPEC, {"languages": ["zh"], "tool_shape": "openai"}))) == {"openai"}
+    mixed = shapes(load_spec(SEED_SPEC, {"languages": ["zh"], "distractors": 0, "tool_shape": "mixed"}))
+    assert 0.25 < mixed.count("openai") / len(mixed) < 0.75
+    with pytest.raises(SynthError, match="tool_shape 'xml' must be one of as_given, openai, mixed"):
+        spec_from_mapping({"tools": [NOTE], "tool_shape": "xml"}, base_dir=Path("."), source="small.yaml")
+
+
 def test_pipeline_synth_block_fills_the_dataset(tmp_path: Path) -> None:
     from rich.console import Console
 
