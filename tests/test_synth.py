@@ -175,6 +175,14 @@ def test_every_rejection_reason_from_a_crafted_sample() -> None:
     train, test, overlap = split_held_out(samples, 0.25, seed=0)
     assert len(test) == 1 and len(train) + len(overlap) == 3
     assert all(r.rejection.reason == "test_overlap" for r in overlap)
+    # nor do two held-out samples share a request (it would be scored twice)
+    repeated = [Sample(PlanItem("add_note", pattern, "en", 0), _record(("human", "note: buy milk"), ("function_call", {
+        "name": "add_note", "arguments": {"text": "buy milk"}}))) for pattern in ("single", "result") for _ in (0, 1)]
+    for i, sample in enumerate(repeated):
+        sample.item = PlanItem("add_note", sample.item.pattern, "en", i)
+    train, test, overlap = split_held_out(repeated, 0.5, seed=0)
+    assert not train and len(test) == 1 and {r.rejection.reason for r in overlap} == {"test_overlap"}
+    assert sum("another held-out sample" in r.rejection.detail for r in overlap) == 1
     # generation: a template slot with no values anywhere
     gap = _small_spec(templates={"add_note": {"en": ["note: {text}"], "zh": ["记一下：{text}"]},
                                  "set_lamp": {"en": ["{room} lamp {mode}"], "zh": ["{room}灯{mode}"]}},
@@ -231,6 +239,34 @@ def test_distractors_offer_called_tools_fallback_and_n_others() -> None:
     record["conversations"] = [{"from": "human", "value": "讲个笑话吧"}, {"from": "function_call", "value": json.dumps(
         {"name": "DirectLLMCommunityAiUser", "arguments": {"question": "讲个笑话吧"}}, ensure_ascii=False)}]
     assert Verifier(spec).check(record).reason == "unknown_tool"
+
+
+def test_tool_shape_offers_openai_schemas_with_the_spec_enums() -> None:
+    def shapes(spec) -> list[str]:
+        plan, offline = prepare(spec)
+        result = synthesize(spec, plan, offline=offline)
+        assert not [r for r in result.rejected if r.rejection.reason not in ("duplicate", "test_overlap")]
+        found = []
+        for sample in result.train + result.test:
+            for tool in json.loads(sample.record["tools"]):
+                if "function" in tool:
+                    schema = tool["function"]["parameters"]
+                    assert schema["type"] == "object" and "additionalProperties" not in schema
+                    if tool["function"]["name"] == "HandleTongzhiTonggao":
+                        assert schema["properties"]["operation"]["enum"] == ["ADD", "DELETE", "UPDATE", "LIST"]
+                        assert schema["required"] == ["operation", "type", "content"]
+                    found.append("openai")
+                else:
+                    assert isinstance(tool["parameters"], list)  # the seed's list shape, as written
+                    found.append("as_given")
+        return found
+
+    assert set(shapes(load_spec(SEED_SPEC, {"languages": ["zh"], "distractors": 0}))) == {"as_given"}
+    assert set(shapes(load_spec(SEED_SPEC, {"languages": ["zh"], "tool_shape": "openai"}))) == {"openai"}
+    mixed = shapes(load_spec(SEED_SPEC, {"languages": ["zh"], "distractors": 0, "tool_shape": "mixed"}))
+    assert 0.25 < mixed.count("openai") / len(mixed) < 0.75
+    with pytest.raises(SynthError, match="tool_shape 'xml' must be one of as_given, openai, mixed"):
+        spec_from_mapping({"tools": [NOTE], "tool_shape": "xml"}, base_dir=Path("."), source="small.yaml")
 
 
 def test_pipeline_synth_block_fills_the_dataset(tmp_path: Path) -> None:

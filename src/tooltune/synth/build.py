@@ -120,9 +120,22 @@ def split_held_out(samples: list[Sample], test_size: float, seed: int,
         order = sorted(members, key=lambda s: random.Random(f"{seed}:split:{s.item.key}").random())
         n_test = max(1, round(len(members) * test_size))
         test_keys.update(s.item.key for s in order[:n_test])
-    test = [s for s in samples if s.item.key in test_keys]
-    heard = set().union(*(user_utterances(s.record) for s in test)) if test else set()
-    train, overlap = [], []
+    # Two held-out samples that share a user utterance (a single call and a call → result dialogue drawing the same
+    # request) would score one request twice: the later one is rejected instead.
+    test: list[Sample] = []
+    overlap: list[Rejected] = []
+    heard: set[str] = set()
+    for sample in samples:
+        if sample.item.key not in test_keys:
+            continue
+        shared = user_utterances(sample.record) & heard
+        if shared:
+            overlap.append(Rejected(sample.item, Rejection("test_overlap", f"says {sorted(shared)[0]!r}, as "
+                                                           f"another held-out sample does"), sample.record))
+            continue
+        test.append(sample)
+        heard |= user_utterances(sample.record)
+    train = []
     for sample in samples:
         if sample.item.key in test_keys:
             continue

@@ -38,11 +38,13 @@ class OfflineGenerator:
         self.spec = spec
         self.pools = pools
         self.tools_json = json.dumps(spec.raw_tools, ensure_ascii=False)
+        self.openai_tools = [openai_shape(tool) for tool in spec.tools]
 
     def generate(self, item: PlanItem) -> Sample:
         if item.pattern == "example":
             record = dict(self.spec.examples[item.index])
-            if self.spec.distractors is not None or "tools" not in record:  # offered like the generated samples
+            if self.spec.distractors is not None or self.spec.tool_shape != "as_given" or "tools" not in record:
+                # offered like the generated samples
                 rng = random.Random(f"{self.spec.seed}:{item.key}")
                 record["tools"] = self._tools_for(record["conversations"], rng)
             if self.spec.system:
@@ -59,7 +61,12 @@ class OfflineGenerator:
 
     def _tools_for(self, turns: list[dict[str, str]], rng: random.Random) -> str:
         """The tools offered in this sample: all of them, or the called ones + fallback + N drawn distractors."""
+        shape = self.spec.tool_shape
+        if shape == "mixed":
+            shape = "openai" if rng.random() < 0.5 else "as_given"
         if self.spec.distractors is None:
+            if shape == "openai":
+                return json.dumps(self.openai_tools, ensure_ascii=False)
             return self.tools_json
         called = set()
         for turn in turns:
@@ -70,7 +77,8 @@ class OfflineGenerator:
             called.add(self.spec.fallback_tool)
         others = [t.name for t in self.spec.tools if t.name not in called]
         called |= set(rng.sample(others, min(self.spec.distractors, len(others))))
-        offered = [raw for raw, tool in zip(self.spec.raw_tools, self.spec.tools, strict=True) if tool.name in called]
+        shaped = self.openai_tools if shape == "openai" else self.spec.raw_tools
+        offered = [raw for raw, tool in zip(shaped, self.spec.tools, strict=True) if tool.name in called]
         return json.dumps(offered, ensure_ascii=False)
 
     # ---- arguments and utterances
@@ -204,6 +212,17 @@ class OfflineGenerator:
         arguments = {arg: text} if arg else {}
         return [{"from": "human", "value": text},
                 {"from": "function_call", "value": _dumps(self._call(fallback.name, arguments))}]
+
+
+def openai_shape(tool: ToolPlanInfo) -> dict[str, Any]:
+    """The tool as an OpenAI client sends it: a JSON-schema ``parameters`` with the spec's enums (the seed's list
+    shape has them only in prose). ``additionalProperties`` is a verification rule, not something a client sends."""
+    parameters = {k: v for k, v in tool.schema.items() if k != "additionalProperties"}
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.tool.description:
+        function["description"] = tool.tool.description
+    function["parameters"] = parameters
+    return {"type": "function", "function": function}
 
 
 def _dumps(value: Any) -> str:

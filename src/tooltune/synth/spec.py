@@ -18,6 +18,7 @@ A spec is a YAML/JSON mapping (every key optional except ``tools``)::
     counts: {single: 8, clarify: 3, result: 3, parallel: 2, no_call: 10}
     grounding: strict              # strict | off  (string arguments must appear in a user turn unless enum values)
     distractors: 1                 # offer the called tools + fallback + 1 other per sample (absent: every tool)
+    tool_shape: mixed              # as_given (default) | openai | mixed: how samples offer the tools
     test_size: 0.15
     seed: 42
 
@@ -39,6 +40,7 @@ LANGUAGES = ("zh", "en")
 PATTERNS = ("single", "clarify", "result", "parallel", "no_call")
 DEFAULT_COUNTS = {"single": 8, "clarify": 3, "result": 3, "parallel": 2, "no_call": 10}
 GROUNDING = ("strict", "off")
+TOOL_SHAPES = ("as_given", "openai", "mixed")
 
 
 class SynthError(TooltuneError):
@@ -103,6 +105,10 @@ class SynthSpec:
     # None: every sample offers every tool. N: the tools it calls, the fallback and N others drawn per sample —
     # shorter prompts (long tool lists cost most of a sample's tokens) and a model that reads the tool list.
     distractors: int | None = None
+    # as_given: tools offered as the tools file writes them (the seed's list shape stays a list); openai: as OpenAI
+    # function schemas with the spec's enums, the shape every OpenAI/Ollama client sends at serve time; mixed: one
+    # or the other per sample, so the model reads both.
+    tool_shape: str = "as_given"
     test_size: float = 0.15
     seed: int = 42
     name: str = "synth"
@@ -211,7 +217,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Synt
 
 KNOWN_KEYS = {"tools", "examples", "system", "languages", "fallback_tool", "arguments", "templates", "clarify",
               "ask", "results", "no_call", "no_call_reply", "counts", "grounding", "test_size", "seed", "name",
-              "distractors"}
+              "distractors", "tool_shape"}
 
 
 def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>") -> SynthSpec:
@@ -265,6 +271,9 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
     distractors = raw.get("distractors")
     if distractors is not None and (not isinstance(distractors, int) or distractors < 0):
         raise SynthError(f"{source}: distractors must be a whole number ≥ 0 (or absent: every tool in every sample)")
+    tool_shape = raw.get("tool_shape", "as_given")
+    if tool_shape not in TOOL_SHAPES:
+        raise SynthError(f"{source}: tool_shape {tool_shape!r} must be one of {', '.join(TOOL_SHAPES)}")
     test_size = float(raw.get("test_size", 0.15))
     if not 0 <= test_size < 1:
         raise SynthError(f"{source}: test_size must be in [0, 1)")
@@ -292,6 +301,7 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
         counts=counts,
         grounding=grounding,
         distractors=distractors,
+        tool_shape=tool_shape,
         test_size=test_size,
         seed=int(raw.get("seed", 42)),
         name=str(raw.get("name", "synth")),
