@@ -26,6 +26,7 @@ import inspect
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,9 @@ class Engine:
         """``template_kwargs``: extra template variables, as ``apply_chat_template`` takes them (enable_thinking)."""
         if not self.chat_template:
             raise EngineError(f"{self.name}: the model carries no chat template; pass one with --chat-template")
+        from tooltune.families.respond import template_messages
+
+        messages = template_messages(self.chat_template, messages)
         return jinja_chat.render(self.chat_template, messages, tools=tools or None,
                                  add_generation_prompt=add_generation_prompt,
                                  bos_token=self.bos_token, eos_token=self.eos_token, **template_kwargs)
@@ -176,6 +180,21 @@ class Engine:
         return window
 
 
+def model_template(own: str, where: Path) -> str:
+    """The model's own chat template, or tooltune's corrected one where it is a family's known-broken upstream
+    template (SmolLM3's drops calls, Phi-4-mini's and Gemma 3's ignore tools, Mistral's drops the system prompt): the
+    text a model trained with that family's template must see when served. A template given explicitly
+    (``chat_template=``) is used as given."""
+    if not own:
+        return ""
+    from tooltune.families.registry import model_own
+
+    resolved = model_own(own, where, f"model:{where}")
+    for warning in resolved.warnings:
+        warnings.warn(warning, UserWarning, stacklevel=3)
+    return resolved.source
+
+
 def end_of_turn_strings(template: str, eos_token: str) -> list[str]:
     """Stop strings of a chat template: ``tooltune.families.stops``, the one end-of-turn detector (the template's
     own end of turn, the family's other ends, EOS)."""
@@ -208,7 +227,7 @@ class LlamaCppEngine(Engine):
         self.path = path
         self.name = path.stem
         metadata = self.llm.metadata or {}
-        self.chat_template = chat_template or metadata.get("tokenizer.chat_template", "")
+        self.chat_template = chat_template or model_template(metadata.get("tokenizer.chat_template", ""), path)
         self.bos_token = self._token_text(self.llm.token_bos())
         self.eos_token = self._token_text(self.llm.token_eos())
         self.add_bos = metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
@@ -397,7 +416,7 @@ class TransformersEngine(Engine):
         self._torch = torch
         self.path = path
         self.name = path.name
-        self.chat_template = chat_template or jinja_chat.load_from_tokenizer_dir(path) or ""
+        self.chat_template = chat_template or model_template(jinja_chat.load_from_tokenizer_dir(path) or "", path)
         self.bos_token = self.tokenizer.bos_token or ""
         self.eos_token = self.tokenizer.eos_token or ""
         self.stop_tokens = end_of_turn_strings(self.chat_template, self.eos_token)
