@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -76,6 +77,9 @@ CASES = {
     "gemma3": ("gemma3", None),  # ... a Gemma-style template without tools, as Gemma 3's own
     "hermes3": ("jinja", None),  # Hermes 3's tool_use template (not shipped: the model's own is used)
 }
+# Enough tokens for a forced call with every tokenizer (the test's Gemma vocabulary has 512 pieces, mostly single
+# characters); a forced call stops where its grammar ends.
+CALL_TOKENS = 160
 # The empty reasoning block `think: false` puts at the end of the prompt (as each family's own template does).
 THINK_OFF_END = {"qwen3": "<think>\n\n</think>\n\n", "smollm3": "<think>\n\n</think>\n"}
 
@@ -174,7 +178,14 @@ def test_served_prompt_is_the_training_render(served) -> None:
 
 def _training_render(family: str, hf_dir: Path, served_template: str, thinking: str = "keep",
                      messages: list[dict] = MESSAGES) -> str:
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    if family == "gemma3":
+        # The test's Gemma tokenizer is a bare SentencePiece model, which transformers loads only with protobuf
+        # (not a dependency); a prompt render reads nothing from a tokenizer but its BOS/EOS texts.
+        config = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        tokenizer: Any = SimpleNamespace(bos_token=config["bos_token"], eos_token=config["eos_token"],
+                                         chat_template=config["chat_template"])
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     if CASES[family][0] == "jinja":
         tokenizer.chat_template = served_template
     training = get_template(CASES[family][0], tokenizer, thinking=thinking)
@@ -186,7 +197,7 @@ def test_openai_tool_choice_forces_a_call_in_the_family_syntax(served) -> None:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x")
     choice = {"type": "function", "function": {"name": "get_weather"}}
     reply = client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], tool_choice=choice,
-                                           max_tokens=48, seed=0)
+                                           max_tokens=CALL_TOKENS, seed=0)
     message = reply.choices[0].message
     assert reply.choices[0].finish_reason == "tool_calls", message
     assert [c.function.name for c in message.tool_calls] == ["get_weather"]
@@ -194,7 +205,7 @@ def test_openai_tool_choice_forces_a_call_in_the_family_syntax(served) -> None:
     assert not message.content or "get_weather" not in message.content
     # Streaming: the same call arrives as OpenAI's deltas (id and name, then the arguments).
     chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], tool_choice=choice,
-                                                 max_tokens=48, seed=0, stream=True))
+                                                 max_tokens=CALL_TOKENS, seed=0, stream=True))
     deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
     assert deltas[0].function.name == "get_weather"
     arguments = "".join(d.function.arguments or "" for d in deltas)
@@ -205,7 +216,7 @@ def test_openai_tool_choice_forces_a_call_in_the_family_syntax(served) -> None:
 def test_ollama_client_gets_calls_and_thinking(served) -> None:
     family, _, calling, hf_dir, model = served
     client = ollama.Client(host=calling.url)
-    options = {"num_predict": 48, "seed": 0, "temperature": 0}
+    options = {"num_predict": CALL_TOKENS, "seed": 0, "temperature": 0}
     # The request as JSON (the ollama client re-orders schema keys): what the runner is sent is the training render.
     model.prompts.clear()
     raw = httpx.post(f"{calling.url}/api/chat", json={"model": "m", "messages": MESSAGES, "tools": [WEATHER],
@@ -230,11 +241,12 @@ def test_ollama_client_gets_calls_and_thinking(served) -> None:
 def test_openai_reasoning_content(served) -> None:
     family, _, calling, _, _ = served
     client = openai.OpenAI(base_url=f"{calling.url}/v1", api_key="x")
-    reply = client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], max_tokens=48, seed=0)
+    reply = client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], max_tokens=CALL_TOKENS,
+                                           seed=0)
     message = reply.choices[0].message
     assert getattr(message, "reasoning_content", None) == REASONING
     assert [c.function.name for c in message.tool_calls] == ["get_weather"]
-    chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], max_tokens=48,
+    chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER], max_tokens=CALL_TOKENS,
                                                  seed=0, stream=True))
     streamed = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
     assert streamed.strip() == REASONING
@@ -270,7 +282,7 @@ def test_ollama_think_switches_the_template(served) -> None:
     ending in the empty reasoning block), true is the family's reasoning prompt (training's `keep`) and the
     reasoning comes back in `message.thinking`, apart from the content and the calls."""
     family, _, calling, hf_dir, model = served
-    options = {"num_predict": 48, "seed": 0, "temperature": 0}
+    options = {"num_predict": CALL_TOKENS, "seed": 0, "temperature": 0}
     served_template = calling.state.engine.chat_template
     for think, thinking in ((False, "off"), (True, "keep")):
         model.prompts.clear()

@@ -236,6 +236,7 @@ class LlamaCppEngine(Engine):
         self.train_context_length = int(next((v for k, v in metadata.items() if k.endswith(".context_length")), 0))
         self.metadata = metadata
         self._is_end_of_generation = self._end_of_generation_check()
+        self._preserved = self._marker_tokens()
         self._lock = threading.Lock()
         # Served model name -> its LoRA GGUFs. Each file is loaded once over the shared weights and applied to a
         # context per request (llama_set_adapters_lora), so switching models never reloads the base.
@@ -305,6 +306,20 @@ class LlamaCppEngine(Engine):
             return ""
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
+    def _marker_tokens(self) -> frozenset[int]:
+        """Ids of the call and reasoning markers that are special tokens in this vocabulary (Mistral's [TOOL_CALLS],
+        Phi-4-mini's <|tool_call|>, Hermes 3's <tool_call>...). llama.cpp's detokenizer drops special tokens' text
+        unless asked, so a call written with one would reach the parser without its marker: these are kept as text,
+        as llama.cpp's server keeps its chat formats' "preserved tokens"."""
+        from tooltune.families.parsers import TEXT_MARKERS
+
+        found = set()
+        for marker in TEXT_MARKERS:
+            ids = self.llm.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
+            if len(ids) == 1 and not self.llm.detokenize(ids, special=False):
+                found.add(ids[0])
+        return frozenset(found)
+
     def _end_of_generation_check(self) -> Any:
         """llama.cpp's own end-of-generation test (EOS, EOT, <|im_end|>...), whichever binding this version has."""
         lib = self._llama_cpp
@@ -370,7 +385,8 @@ class LlamaCppEngine(Engine):
                     finish = "stop"
                     break
                 completion.append(token)
-                piece = decoder.decode(self.llm.detokenize([token], prev_tokens=tokens + completion[:-1]))
+                piece = decoder.decode(self.llm.detokenize([token], prev_tokens=tokens + completion[:-1],
+                                                           special=token in self._preserved))
                 emit, stopped = stop.push(piece)
                 if emit:
                     text_parts.append(emit)
