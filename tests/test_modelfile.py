@@ -167,8 +167,11 @@ def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def go_render(binary: Path, template: str, cases: list[tuple[list[dict], list | None, bool]]) -> list[str]:
-    payload = [{"template": template, "messages": m, "tools": t} for m, t, _ in cases]
+def go_render(binary: Path, template: str, cases: list[tuple[list[dict], list | None, bool]],
+              think: bool | None = None) -> list[str]:
+    """``think``: the request's Ollama `think` (None: not set, as a request without it)."""
+    payload = [{"template": template, "messages": m, "tools": t, **({} if think is None else {"think": think})}
+               for m, t, _ in cases]
     done = subprocess.run([str(binary)], input=json.dumps(payload), capture_output=True, text=True, check=True)
     results = json.loads(done.stdout)
     errors = [r["error"] for r in results if "error" in r]
