@@ -97,13 +97,15 @@ class CallingModel:
     def stream(self, prompt: str, params: Any, cancel: Any = None) -> Iterator[Chunk]:
         self.prompts.append(prompt)
         # It calls until the tool has answered; then it writes text (random weights: a few tokens of anything).
-        if params.grammar is None and "get_weather" in prompt and RESULT not in prompt:
+        if params.grammar is None and RESULT not in prompt:
             family = family_of_template(self.inner.chat_template)
-            grammar, prefix = forced_call(family, [Tool(WEATHER)], "get_weather")
+            prefix = ""
+            if "get_weather" in prompt:
+                grammar, prefix = forced_call(family, [Tool(WEATHER)], "get_weather")
+                params = replace(params, grammar=grammar)
             # It reasons first unless the prompt closed the reasoning block already (`think: false`).
             if family is not None and family.thinks and not prompt.rstrip().endswith("</think>"):
                 prefix = f"<think>\n{REASONING}\n</think>\n\n{prefix}"
-            params = replace(params, grammar=grammar)
             if prefix:
                 yield Chunk(prefix)
             prompt += prefix
@@ -177,7 +179,7 @@ def test_served_prompt_is_the_training_render(served) -> None:
 
 
 def _training_render(family: str, hf_dir: Path, served_template: str, thinking: str = "keep",
-                     messages: list[dict] = MESSAGES) -> str:
+                     messages: list[dict] = MESSAGES, tools: list[dict] | None = None) -> str:
     if family == "gemma3":
         # The test's Gemma tokenizer is a bare SentencePiece model, which transformers loads only with protobuf
         # (not a dependency); a prompt render reads nothing from a tokenizer but its BOS/EOS texts.
@@ -189,7 +191,8 @@ def _training_render(family: str, hf_dir: Path, served_template: str, thinking: 
     if CASES[family][0] == "jinja":
         tokenizer.chat_template = served_template
     training = get_template(CASES[family][0], tokenizer, thinking=thinking)
-    return training.render_prompt(Conversation.from_openai({"messages": messages, "tools": [WEATHER]}))
+    tools = [WEATHER] if tools is None else tools
+    return training.render_prompt(Conversation.from_openai({"messages": messages, "tools": tools}))
 
 
 def test_openai_tool_choice_forces_a_call_in_the_family_syntax(served) -> None:
@@ -300,6 +303,27 @@ def test_ollama_think_switches_the_template(served) -> None:
                                                       options=options)
         assert (answer.message.thinking or "") == (REASONING if think else "")
         assert [c.function.name for c in answer.message.tool_calls or []] == ["get_weather"]
+
+
+@REASONING_ONLY
+def test_ollama_generate_think(served) -> None:
+    """/api/generate takes `think` as /api/chat does: the prompt switches, reasoning comes back as `thinking`."""
+    family, _, calling, hf_dir, model = served
+    user = [{"role": "user", "content": "Weather in Paris?"}]
+    options = {"num_predict": 4, "seed": 0}
+    for think, thinking in ((False, "off"), (True, "keep")):
+        model.prompts.clear()
+        body = httpx.post(f"{calling.url}/api/generate", json={"model": "m", "prompt": user[0]["content"],
+                                                                "think": think, "stream": False, "options": options},
+                          timeout=120).json()
+        assert model.prompts == [_training_render(family, hf_dir, calling.state.engine.chat_template,
+                                                  thinking=thinking, messages=user, tools=[])]
+        assert body.get("thinking", "") == (REASONING if think else "")
+        assert "<think>" not in body["response"]
+    parts = list(ollama.Client(host=calling.url).generate(model="m", prompt=user[0]["content"], think=True,
+                                                          stream=True, options=options))
+    assert "".join(p.thinking or "" for p in parts).strip() == REASONING
+    assert "<think>" not in "".join(p.response for p in parts)
 
 
 def test_tool_result_turn_continues_in_both_clients(served) -> None:
