@@ -91,8 +91,11 @@ def model_replies(cases: list[Case], model: Path, max_tokens: int, n_threads: in
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=0)
             reply = respond(engine, case.messages, case.tools, RespondOptions(params=params))
             _count(calls if case.expects_call else no_calls, reply.raw, case)
-            if index % 10 == 0 or index == len(cases):
-                print(f"  [{index}/{len(cases)}] {time.perf_counter() - started:.0f} s", flush=True)
+            if index % 5 == 0 or index == len(cases):  # running tallies: a cut-short run still says something
+                print(f"  [{index}/{len(cases)}] {time.perf_counter() - started:.0f} s; call turns: strict "
+                      f"{calls.strict_calls}, lenient {calls.lenient_calls} of {calls.turns}; no-call turns: false "
+                      f"strict {no_calls.strict_calls}, lenient {no_calls.lenient_calls} of {no_calls.turns}",
+                      flush=True)
     finally:
         engine.close()
     return calls, no_calls

@@ -349,3 +349,51 @@ def test_tool_result_turn_continues_in_both_clients(served) -> None:
     answer = ollama.Client(host=calling.url).chat(model="m", messages=OLLAMA_CONTINUATION, tools=[WEATHER],
                                                   options=options)
     assert answer.done and not answer.message.tool_calls and isinstance(answer.message.content, str)
+
+
+class ScriptedModel:
+    """A model that writes ``reply`` (forced token by token with a grammar holding just that text): how an untuned
+    model answers a tools request with bare JSON or a ```json fence instead of its family's tags."""
+
+    def __init__(self, inner: Any, reply: str) -> None:
+        self.inner, self.reply = inner, reply
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(self, prompt: str, params: Any, cancel: Any = None) -> Iterator[Chunk]:
+        grammar = "root ::= " + json.dumps(self.reply)  # GBNF string literals take JSON's escapes
+        yield from self.inner.stream(prompt, replace(params, grammar=grammar, max_tokens=120), cancel=cancel)
+
+
+FENCED_CALL = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+JSON_ANSWER = '{"city": "Paris", "temperature": 18}'  # JSON, but no call: names no tool
+
+
+@pytest.mark.parametrize("served", ["qwen2.5"], indirect=True)
+def test_bare_json_calls_option(served) -> None:
+    """`--bare-json-calls`: in tool_choice auto a fenced / bare JSON call naming an offered tool is a call; off (the
+    default) it stays text; JSON that names no tool stays text either way."""
+    _, server, _, _, _ = served
+    engine = server.state.engine
+    for reply_text, enabled, called in ((FENCED_CALL, True, True), (FENCED_CALL, False, False),
+                                        (JSON_ANSWER, True, False)):
+        app = RunningServer(create_app(ScriptedModel(engine, reply_text), "m", stream_interval=0,
+                                       bare_json_calls=enabled))
+        try:
+            client = openai.OpenAI(base_url=f"{app.url}/v1", api_key="x")
+            message = client.chat.completions.create(model="m", messages=MESSAGES, tools=[WEATHER],
+                                                     max_tokens=CALL_TOKENS, seed=0).choices[0].message
+            answer = ollama.Client(host=app.url).chat(model="m", messages=MESSAGES, tools=[WEATHER],
+                                                      options={"num_predict": CALL_TOKENS, "seed": 0}).message
+        finally:
+            app.stop()
+        if called:
+            assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == [
+                ("get_weather", {"city": "Paris"})]
+            assert [(c.function.name, c.function.arguments) for c in answer.tool_calls] == [
+                ("get_weather", {"city": "Paris"})]
+            assert not message.content and not answer.content
+        else:
+            assert not message.tool_calls and not answer.tool_calls
+            assert message.content.strip() == reply_text and answer.content.strip() == reply_text

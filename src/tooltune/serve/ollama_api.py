@@ -67,7 +67,8 @@ def build_router(state: ServerState) -> APIRouter:
         # Ollama's `think`: true/false switches the template's reasoning (Qwen3's enable_thinking); "high"/"low"...
         # (gpt-oss levels) have no template switch here and leave the default.
         prompt = state.render(messages, tools, enable_thinking=body.think if isinstance(body.think, bool) else None)
-        reader = ReplyReader(state.engine.chat_template, prompt, tools, parse_calls=bool(tools))
+        reader = ReplyReader(state.engine.chat_template, prompt, tools, parse_calls=bool(tools),
+                             bare_json_calls=state.config.bare_json_calls)
         params = _sampling(state, body.options, _format_grammar(state, body.format))
         if not body.stream:
             text, job = await state.run_to_end(request, prompt, params)
