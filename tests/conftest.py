@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,20 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_family_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``get(family)``: the family's tiny random model (tiny_models.FAMILY_BUILDERS), built on first use and shared by
+    every test module of the session (GGUF parity, serving)."""
+    from tiny_models import FAMILY_BUILDERS
+
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = FAMILY_BUILDERS[family](tmp_path_factory.mktemp(f"family-{family}") / family)
+        return built[family]
+
+    return get
+

@@ -73,3 +73,26 @@ def family_tokenizer_dir(family: str, out: Path) -> Path:
             shutil.copy(source / name, out / name)
     (out / "chat_template.jinja").write_text(upstream_template(family), encoding="utf-8")
     return out
+
+
+# Hermes 3's tokenizer is not in the reference set (only its tool_use template is): the tests build a Hermes-3-like
+# one, Llama 3.2's with reserved special tokens renamed to the ChatML and tool tags Hermes 3 adds (the ids are
+# illustrative; what the tests need is that each tag is one special token, as in Hermes 3).
+HERMES3_TAGS = {128011: "<|im_start|>", 128012: "<|im_end|>", 128013: "<tool_call>", 128014: "</tool_call>",
+                128015: "<tool_response>", 128016: "</tool_response>", 128017: "<tools>", 128018: "</tools>"}
+
+
+def hermes3_tokenizer_dir(out: Path) -> Path:
+    """A folder with a Hermes-3-like tokenizer (see HERMES3_TAGS) and Hermes 3's tool_use template."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = _llama_tokenizer_json()
+    for token in data["added_tokens"]:
+        if token["id"] in HERMES3_TAGS:
+            token["content"] = HERMES3_TAGS[token["id"]]
+    (out / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+              "eos_token": "<|im_end|>", "clean_up_tokenization_spaces": True, "model_max_length": 131072}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (out / "chat_template.jinja").write_text(upstream_template("hermes3"), encoding="utf-8")
+    return out
+

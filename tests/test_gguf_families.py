@@ -78,9 +78,8 @@ for model_dir, outfile in zip(jobs[::2], jobs[1::2]):
 
 
 @pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("families")
-    return {family: build(root / family) for family, build in BUILDERS.items()}
+def family_dirs(tiny_family_model: Callable[[str], Path]) -> dict[str, Path]:
+    return {family: tiny_family_model(family) for family in BUILDERS}
 
 
 @pytest.fixture(scope="session")

@@ -157,10 +157,12 @@ def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return binary
 
 
-def go_render(binary: Path, template: str, cases: list[tuple[list[dict], list | None, bool]]) -> list[str]:
+def go_render(binary: Path, template: str, cases: list[tuple[list[dict], list | None, bool]],
+              think: bool | None = None) -> list[str]:
+    """``think``: the request's Ollama `think` (None: not set, as a request without it)."""
     from tooltune.serve.go_template import render_go
 
-    results = render_go(binary, [(template, m, t) for m, t, _ in cases])
+    results = render_go(binary, [(template, m, t) for m, t, _ in cases], think=think)
     errors = [str(r) for r in results if not isinstance(r, str)]
     assert not errors, errors[:3]
     return [r for r in results if isinstance(r, str)]

@@ -266,3 +266,16 @@ def make_tiny_mistral_saved(out_dir: str | Path, seed: int = 0) -> Path:
     source = family_tokenizer_dir("mistral", out.parent / f"{out.name}-mistral-tokenizer")
     AutoTokenizer.from_pretrained(source).save_pretrained(out)
     return out
+
+
+# The family builders by family name, for the session-wide cache in conftest (``tiny_family_model``).
+FAMILY_BUILDERS = {
+    "qwen3": make_tiny_qwen3_family,
+    "llama3.2": make_tiny_llama32,
+    "mistral": make_tiny_mistral,
+    "mistral-saved": make_tiny_mistral_saved,
+    "smollm3": make_tiny_smollm3,
+    "phi4-mini": make_tiny_phi4_mini,
+    "gemma3": make_tiny_gemma3,
+}
+

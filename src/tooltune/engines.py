@@ -26,6 +26,7 @@ import inspect
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,9 @@ class Engine:
         """``template_kwargs``: extra template variables, as ``apply_chat_template`` takes them (enable_thinking)."""
         if not self.chat_template:
             raise EngineError(f"{self.name}: the model carries no chat template; pass one with --chat-template")
+        from tooltune.families.respond import template_messages
+
+        messages = template_messages(self.chat_template, messages)
         return jinja_chat.render(self.chat_template, messages, tools=tools or None,
                                  add_generation_prompt=add_generation_prompt,
                                  bos_token=self.bos_token, eos_token=self.eos_token, **template_kwargs)
@@ -176,6 +180,21 @@ class Engine:
         return window
 
 
+def model_template(own: str, where: Path) -> str:
+    """The model's own chat template, or tooltune's corrected one where it is a family's known-broken upstream
+    template (SmolLM3's drops calls, Phi-4-mini's and Gemma 3's ignore tools, Mistral's drops the system prompt): the
+    text a model trained with that family's template must see when served. A template given explicitly
+    (``chat_template=``) is used as given."""
+    if not own:
+        return ""
+    from tooltune.families.registry import model_own
+
+    resolved = model_own(own, where, f"model:{where}")
+    for warning in resolved.warnings:
+        warnings.warn(warning, UserWarning, stacklevel=3)
+    return resolved.source
+
+
 def end_of_turn_strings(template: str, eos_token: str) -> list[str]:
     """Stop strings of a chat template: ``tooltune.families.stops``, the one end-of-turn detector (the template's
     own end of turn, the family's other ends, EOS)."""
@@ -208,7 +227,7 @@ class LlamaCppEngine(Engine):
         self.path = path
         self.name = path.stem
         metadata = self.llm.metadata or {}
-        self.chat_template = chat_template or metadata.get("tokenizer.chat_template", "")
+        self.chat_template = chat_template or model_template(metadata.get("tokenizer.chat_template", ""), path)
         self.bos_token = self._token_text(self.llm.token_bos())
         self.eos_token = self._token_text(self.llm.token_eos())
         self.add_bos = metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
@@ -217,6 +236,7 @@ class LlamaCppEngine(Engine):
         self.train_context_length = int(next((v for k, v in metadata.items() if k.endswith(".context_length")), 0))
         self.metadata = metadata
         self._is_end_of_generation = self._end_of_generation_check()
+        self._preserved = self._marker_tokens()
         self._lock = threading.Lock()
         # Served model name -> its LoRA GGUFs. Each file is loaded once over the shared weights and applied to a
         # context per request (llama_set_adapters_lora), so switching models never reloads the base.
@@ -286,6 +306,20 @@ class LlamaCppEngine(Engine):
             return ""
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
+    def _marker_tokens(self) -> frozenset[int]:
+        """Ids of the call and reasoning markers that are special tokens in this vocabulary (Mistral's [TOOL_CALLS],
+        Phi-4-mini's <|tool_call|>, Hermes 3's <tool_call>...). llama.cpp's detokenizer drops special tokens' text
+        unless asked, so a call written with one would reach the parser without its marker: these are kept as text,
+        as llama.cpp's server keeps its chat formats' "preserved tokens"."""
+        from tooltune.families.parsers import TEXT_MARKERS
+
+        found = set()
+        for marker in TEXT_MARKERS:
+            ids = self.llm.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
+            if len(ids) == 1 and not self.llm.detokenize(ids, special=False):
+                found.add(ids[0])
+        return frozenset(found)
+
     def _end_of_generation_check(self) -> Any:
         """llama.cpp's own end-of-generation test (EOS, EOT, <|im_end|>...), whichever binding this version has."""
         lib = self._llama_cpp
@@ -351,7 +385,8 @@ class LlamaCppEngine(Engine):
                     finish = "stop"
                     break
                 completion.append(token)
-                piece = decoder.decode(self.llm.detokenize([token], prev_tokens=tokens + completion[:-1]))
+                piece = decoder.decode(self.llm.detokenize([token], prev_tokens=tokens + completion[:-1],
+                                                           special=token in self._preserved))
                 emit, stopped = stop.push(piece)
                 if emit:
                     text_parts.append(emit)
@@ -397,7 +432,7 @@ class TransformersEngine(Engine):
         self._torch = torch
         self.path = path
         self.name = path.name
-        self.chat_template = chat_template or jinja_chat.load_from_tokenizer_dir(path) or ""
+        self.chat_template = chat_template or model_template(jinja_chat.load_from_tokenizer_dir(path) or "", path)
         self.bos_token = self.tokenizer.bos_token or ""
         self.eos_token = self.tokenizer.eos_token or ""
         self.stop_tokens = end_of_turn_strings(self.chat_template, self.eos_token)

@@ -36,6 +36,9 @@ from tooltune.toolcalls import (
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+# Every marker a parser reads: decoding must hand them over as text even where the vocabulary makes them special.
+TEXT_MARKERS = (THINK_OPEN, THINK_CLOSE, "<tool_call>", "</tool_call>", "[TOOL_CALLS]", "<|tool_call|>",
+                "<|/tool_call|>", "<|python_tag|>")
 
 
 @dataclass(frozen=True)

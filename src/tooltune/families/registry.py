@@ -76,19 +76,27 @@ def named(name: str) -> ResolvedTemplate:
     return ResolvedTemplate(text, family, f"name:{name}")
 
 
+def model_own(source: str, where: str | Path, origin: str) -> ResolvedTemplate:
+    """A model's own template (from its folder or its GGUF); when it is a known-broken upstream template, the
+    corrected one, with a warning — so whatever loads a model renders what training with that family renders."""
+    family = detect.from_template(source)
+    if family is not None and family.template_fix:
+        fixed = family.template_text()
+        if fixed is not None and fixed != source:
+            warning = f"{where}: {family.name}'s own chat template is broken for tools; using tooltune's " \
+                      f"corrected one ({family.template_fix})"
+            return ResolvedTemplate(fixed, family, f"name:{family.name}", (warning,))
+    return ResolvedTemplate(source, family, origin)
+
+
 def from_folder(folder: Path, use_fixes: bool = True) -> ResolvedTemplate:
     """The folder's own template; when it is a known-broken upstream template, the corrected one (with a warning)."""
     source = load_from_tokenizer_dir(folder)
     if source is None:
         raise FamilyError(f"{folder}: no chat template (chat_template.jinja or tokenizer_config.json); {usage_hint()}")
-    family = detect.from_template(source)
-    if use_fixes and family is not None and family.template_fix:
-        fixed = family.template_text()
-        if fixed is not None and fixed != source:
-            warning = f"{folder}: {family.name}'s own chat template is broken for tools; using tooltune's " \
-                      f"corrected one ({family.template_fix})"
-            return ResolvedTemplate(fixed, family, f"name:{family.name}", (warning,))
-    return ResolvedTemplate(source, family, f"folder:{folder}")
+    if use_fixes:
+        return model_own(source, folder, f"folder:{folder}")
+    return ResolvedTemplate(source, detect.from_template(source), f"folder:{folder}")
 
 
 def resolve(value: str | Path, use_fixes: bool = True) -> ResolvedTemplate:

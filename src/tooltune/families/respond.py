@@ -57,10 +57,22 @@ def engine_family(engine: Any) -> Family | None:
     return detect.from_template(getattr(engine, "chat_template", "") or "")
 
 
+def template_messages(template: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as ``template``'s family needs them, the way training renders them: families whose templates require
+    call ids (Mistral) get the 9-character ids training gives calls without one (clients such as Ollama's send none)."""
+    family = detect.from_template(template)
+    if family is not None and family.tool_call_ids:
+        from tooltune.templates.jinja import with_call_ids
+
+        return with_call_ids(messages)
+    return messages
+
+
 def render_prompt(engine: Any, conversation: Iterable[Message | dict[str, Any]],
                   tools: Iterable[Tool | dict[str, Any]] | None, enable_thinking: bool | None = None) -> str:
     """The exact text the model sees: tools verbatim, as ``apply_chat_template(tools=...)`` receives them."""
     messages = [m.to_template() if isinstance(m, Message) else m for m in conversation]
+    messages = template_messages(getattr(engine, "chat_template", "") or "", messages)
     specs = [t.spec if isinstance(t, Tool) else t for t in (tools or [])] or None
     extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     if not getattr(engine, "chat_template", ""):

@@ -43,8 +43,9 @@ class _TextOnly:
 
 class ReplyReader:
     def __init__(self, chat_template: str, prompt: str, tools: list[Tool], parse_calls: bool,
-                 forced: str | None = None, parallel: bool = True) -> None:
-        """``forced``: None (the model decides), "" (some tool) or a tool's name."""
+                 forced: str | None = None, parallel: bool = True, bare_json_calls: bool = False) -> None:
+        """``forced``: None (the model decides), "" (some tool) or a tool's name; ``bare_json_calls``: when the model
+        decides, also read a bare JSON / ```json call naming an offered tool (the parsers' ``lenient``)."""
         self.family = family_of_template(chat_template)
         self.grammar: str | None = None
         self.prefix = ""
@@ -54,7 +55,8 @@ class ReplyReader:
         # Templates that end the generation prompt with <think> have opened the reasoning block already.
         thinking_open = thinks and prompt.rstrip().endswith(THINK_OPEN)
         if parse_calls and tools:
-            self.parser = reply_parser(self.family, tools=tools, thinking_open=thinking_open)
+            self.parser = reply_parser(self.family, tools=tools, thinking_open=thinking_open,
+                                       lenient=bare_json_calls and forced is None)
         else:
             self.parser = ReplyParser(_TextOnly(), thinks=thinks, thinking_open=thinking_open)  # type: ignore[arg-type]
         self._pending = self.parser.feed(self.prefix) if self.prefix else []

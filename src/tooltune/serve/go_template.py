@@ -63,13 +63,15 @@ def build_renderer(cache: Path | None = None) -> Path | None:
     return binary
 
 
-def render_go(binary: Path, cases: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]]
-              ) -> list[str | GoTemplateError]:
+def render_go(binary: Path, cases: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]],
+              think: bool | None = None) -> list[str | GoTemplateError]:
     """Render each (Go TEMPLATE, messages, tools) with Ollama's template data; a case Go refuses comes back as an
-    error in its place, so one bad case does not hide the others."""
+    error in its place, so one bad case does not hide the others. ``think``: the request's Ollama `think` (None: not
+    set, as a request without it; the template sees .Think and .IsThinkSet)."""
     if not cases:
         return []
-    payload = [{"template": t, "messages": m, "tools": tools} for t, m, tools in cases]
+    extra = {} if think is None else {"think": think}
+    payload = [{"template": t, "messages": m, "tools": tools, **extra} for t, m, tools in cases]
     done = subprocess.run([str(binary)], input=json.dumps(payload, ensure_ascii=False), capture_output=True,
                           text=True)
     if done.returncode != 0:

@@ -24,7 +24,7 @@ from tooltune.serve import wire
 from tooltune.serve.family_reply import ReplyReader
 from tooltune.serve.scheduler import Job
 from tooltune.serve.state import ApiError, ServerState
-from tooltune.toolcalls import ToolCallDone
+from tooltune.toolcalls import ContentDelta, ToolCallDone
 
 NDJSON = "application/x-ndjson"
 
@@ -67,7 +67,8 @@ def build_router(state: ServerState) -> APIRouter:
         # Ollama's `think`: true/false switches the template's reasoning (Qwen3's enable_thinking); "high"/"low"...
         # (gpt-oss levels) have no template switch here and leave the default.
         prompt = state.render(messages, tools, enable_thinking=body.think if isinstance(body.think, bool) else None)
-        reader = ReplyReader(state.engine.chat_template, prompt, tools, parse_calls=bool(tools))
+        reader = ReplyReader(state.engine.chat_template, prompt, tools, parse_calls=bool(tools),
+                             bare_json_calls=state.config.bare_json_calls)
         params = _sampling(state, body.options, _format_grammar(state, body.format))
         if not body.stream:
             text, job = await state.run_to_end(request, prompt, params)
@@ -87,18 +88,30 @@ def build_router(state: ServerState) -> APIRouter:
             # Ollama answers an empty prompt (raw or not) with a "load" response, without running the model.
             return JSONResponse({"model": body.model, "created_at": wire.now_rfc3339(), "response": "",
                                  "done": True, "done_reason": "load"})
+        reader: ReplyReader | None = None
         if body.raw:
             prompt = body.prompt
         else:
             chat_messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
                 {"role": "user", "content": body.prompt}]
-            prompt = state.render(state.parse_messages(chat_messages), [])
+            # `think` as on /api/chat: the template's switch, and reasoning returned apart as `thinking`.
+            prompt = state.render(state.parse_messages(chat_messages), [],
+                                  enable_thinking=body.think if isinstance(body.think, bool) else None)
+            reader = ReplyReader(state.engine.chat_template, prompt, [], parse_calls=False)
+            reader = None if reader.passthrough else reader
         params = _sampling(state, body.options, _format_grammar(state, body.format))
         if not body.stream:
             text, job = await state.run_to_end(request, prompt, params)
-            return JSONResponse(wire.ollama_generate_final(state.name, text, _reason(job), _timings(job, received)))
+            thinking = ""
+            if reader is not None:
+                reader.feed(text)
+                reader.finish()
+                parsed = reader.result()
+                text, thinking = parsed.content, parsed.thinking
+            return JSONResponse(wire.ollama_generate_final(state.name, text, _reason(job), _timings(job, received),
+                                                           thinking=thinking))
         stream = await state.open_stream(prompt, params)
-        return StreamingResponse(_generate_stream(state, stream, received), media_type=NDJSON)
+        return StreamingResponse(_generate_stream(state, stream, received, reader), media_type=NDJSON)
 
     @router.get("/api/tags")
     async def tags() -> Any:
@@ -189,17 +202,23 @@ def _chat_events(state: ServerState, events: list[Event], created: str) -> list[
 
 
 async def _generate_stream(state: ServerState, stream: AsyncIterator[list[Chunk | Job]],
-                           received: float) -> AsyncIterator[bytes]:
+                           received: float, reader: ReplyReader | None = None) -> AsyncIterator[bytes]:
+    """``reader``: splits reasoning off (families that think) into chunks' ``thinking``; None: text as generated."""
     try:
         async for batch in stream:
             lines: list[bytes] = []
             created = wire.now_rfc3339()
             for item in batch:
                 if isinstance(item, Job):
+                    if reader is not None:
+                        lines += _generate_events(state, reader.finish(), created)
                     lines.append(_ndjson(wire.ollama_generate_final(state.name, "", _reason(item),
                                                                     _timings(item, received))))
                     yield b"".join(lines)
                     return
+                if reader is not None:
+                    lines += _generate_events(state, reader.feed(item.text), created)
+                    continue
                 lines.append(_ndjson(wire.ollama_generate_chunk(state.name, item.text, created_at=created)))
             yield b"".join(lines)
     except Exception as exc:
@@ -261,3 +280,14 @@ def _show(state: ServerState) -> dict[str, Any]:
         "capabilities": capabilities,
         "modified_at": modified,
     }
+
+
+def _generate_events(state: ServerState, events: list[Event], created: str) -> list[bytes]:
+    lines = []
+    for event in events:  # reasoning and content (no calls are read on /api/generate)
+        if isinstance(event, ThinkingDelta) and event.text:
+            lines.append(_ndjson(wire.ollama_generate_chunk(state.name, "", created_at=created, thinking=event.text)))
+        elif isinstance(event, ContentDelta) and event.text:
+            lines.append(_ndjson(wire.ollama_generate_chunk(state.name, event.text, created_at=created)))
+    return lines
+

@@ -68,7 +68,8 @@ class ToolPlan:
         """The served family's parser for this request; a forced call's grammar and prompt prefix come with it."""
         try:
             return ReplyReader(state.engine.chat_template, prompt, self.tools, parse_calls=self.parse,
-                               forced=self.forced, parallel=self.parallel and not self.forced)
+                               forced=self.forced, parallel=self.parallel and not self.forced,
+                               bare_json_calls=state.config.bare_json_calls)
         except grammars.GrammarError as exc:
             raise ApiError(400, f"tools: {exc}") from exc
 

@@ -58,6 +58,9 @@ class ServeConfig:
     limits: RequestLimits = field(default_factory=RequestLimits)
     # More served names over the same base: name -> the LoRA GGUFs applied for it (``--lora NAME=FILE``, ADAPTER).
     adapters: dict[str, list[Path]] = field(default_factory=dict)
+    # tool_choice auto: also take a bare JSON object / ```json fence naming an offered tool with arguments that fit
+    # its schema as a call (off by default: see docs/families.md, "Bare JSON fallback").
+    bare_json_calls: bool = False
 
 
 @dataclass(frozen=True)

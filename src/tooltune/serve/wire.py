@@ -62,6 +62,7 @@ class OllamaGenerateRequest(_Lenient):
     options: OllamaOptions | None = None
     keep_alive: str | int | float | None = None
     images: list[str] | None = None
+    think: bool | str | None = None
 
 
 class OllamaModelRequest(_Lenient):
@@ -152,12 +153,16 @@ def ollama_chat_final(model: str, content: str, tool_calls: list[dict[str, Any]]
     return out
 
 
-def ollama_generate_chunk(model: str, text: str, created_at: str | None = None) -> dict[str, Any]:
-    return {"model": model, "created_at": created_at or now_rfc3339(), "response": text, "done": False}
+def ollama_generate_chunk(model: str, text: str, created_at: str | None = None, thinking: str = "") -> dict[str, Any]:
+    out = {"model": model, "created_at": created_at or now_rfc3339(), "response": text, "done": False}
+    if thinking:  # Ollama's field for reasoning on /api/generate, as message.thinking on /api/chat
+        out["thinking"] = thinking
+    return out
 
 
-def ollama_generate_final(model: str, text: str, done_reason: str, timings: dict[str, Any]) -> dict[str, Any]:
-    out = ollama_generate_chunk(model, text)
+def ollama_generate_final(model: str, text: str, done_reason: str, timings: dict[str, Any],
+                          thinking: str = "") -> dict[str, Any]:
+    out = ollama_generate_chunk(model, text, thinking=thinking)
     out["done"] = True
     out["done_reason"] = done_reason
     out.update(timings)

@@ -13,9 +13,11 @@
 //     items, required, properties}}}) with properties a plain map[string]ToolProperty; ToolProperty keeps Ollama's
 //     field set (anyOf, type, items, description, enum, properties, required: other schema keys are dropped on
 //     decode, as in Ollama) and nested properties keep insertion order;
-//   - functions: json (encoding/json.Marshal), currentDate, yesterdayDate; option missingkey=zero.
+//   - functions: json (encoding/json.Marshal), currentDate, yesterdayDate; option missingkey=zero;
+//   - .Think / .IsThinkSet from the request's `think` (a case's optional "think": true|false; absent: not set),
+//     .ThinkLevel empty (levels are gpt-oss's).
 //
-// Input (stdin): a JSON list of {"template": str, "messages": [...], "tools": [...]}.
+// Input (stdin): a JSON list of {"template": str, "messages": [...], "tools": [...], "think": bool (optional)}.
 // Output (stdout): a JSON list of {"output": str} or {"error": str}, one per case.
 package main
 
@@ -306,6 +308,8 @@ type testCase struct {
 	Template string          `json:"template"`
 	Messages json.RawMessage `json:"messages"`
 	Tools    json.RawMessage `json:"tools"`
+	// Think is the request's `think` (api.ThinkValue): absent leaves .IsThinkSet false, true/false set .Think.
+	Think *bool `json:"think,omitempty"`
 }
 
 type outcome struct {
@@ -332,10 +336,14 @@ func render(c testCase) (string, error) {
 		return "", err
 	}
 	system, collated := collate(messages)
+	think, isThinkSet := false, c.Think != nil
+	if isThinkSet {
+		think = *c.Think
+	}
 	var b bytes.Buffer
 	err = tmpl.Execute(&b, map[string]any{
 		"System": system, "Messages": convertMessages(collated), "Tools": convertTools(tools),
-		"Response": "", "Think": false, "ThinkLevel": "", "IsThinkSet": false,
+		"Response": "", "Think": think, "ThinkLevel": "", "IsThinkSet": isThinkSet,
 	})
 	return b.String(), err
 }
