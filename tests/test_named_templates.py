@@ -106,3 +106,36 @@ def test_a_folder_with_named_templates_loads_as_one_that_keeps_tool_use(hermes_t
     conv = next(c for c in glaive if c.tools)
     assert "<tools>" in chat_template.render(single, conv.template_messages(), tools=client_tools(conv),
                                              bos_token=hermes_tokenizer.bos_token)
+
+
+def test_a_gguf_with_named_templates_is_served_with_tool_use(tiny_llama_dir, tmp_path, glaive) -> None:
+    """llama.cpp's converter writes a named pair as tokenizer.chat_template + tokenizer.chat_template.tool_use; the
+    server, the Modelfile writer and check-backends read the pair as one template that keeps tool_use."""
+    gguf = pytest.importorskip("gguf")
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    from tooltune.backend_check import _gguf_template
+    from tooltune.engines import load_engine
+    from tooltune.gguf.convert import convert_to_gguf
+    from tooltune.serve.modelfile import read_gguf_chat_info
+
+    plain = convert_to_gguf(tiny_llama_dir, tmp_path / "plain.gguf", "f16")
+    tool_use = (FIXTURES / "hermes3" / "chat_template.jinja").read_text(encoding="utf-8")
+    reader = gguf.GGUFReader(plain)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    named = tmp_path / "named.gguf"
+    writer = gguf.GGUFWriter(named, arch=arch)
+    pair = [{"name": "default", "template": CHATML_DEFAULT}, {"name": "tool_use", "template": tool_use}]
+    copy_with_new_metadata(reader, writer, {"tokenizer.chat_template": MetadataDetails(gguf.GGUFValueType.STRING,
+                                                                                        pair)}, [])
+    assert gguf.GGUFReader(named).fields.get("tokenizer.chat_template.tool_use") is not None
+
+    expected = chat_template.combine_named(CHATML_DEFAULT, tool_use)
+    assert read_gguf_chat_info(named)[0] == expected
+    assert _gguf_template(named)[0] == expected
+    engine = load_engine(str(named), n_ctx=256)
+    assert engine.chat_template == expected
+    conv = next(c for c in glaive if c.tools)
+    prompt = engine.render(conv.template_messages()[:1], tools=client_tools(conv))
+    assert "<tools>" in prompt and conv.tools[0].name in prompt
+    assert "<tools>" not in engine.render([{"role": "user", "content": "hi"}])

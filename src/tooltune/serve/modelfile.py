@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.atomic import write_text
+from tooltune.chat_template import combine_named
 from tooltune.errors import TooltuneError
 from tooltune.families.stops import stop_strings
 
@@ -178,7 +179,8 @@ def read_gguf_chat_info(gguf_path: str | Path) -> tuple[str, str]:
                     else:
                         for _ in range(count):
                             pos = skip_value(item_kind, pos)
-                elif key in ("tokenizer.chat_template", "tokenizer.ggml.eos_token_id"):
+                elif key in ("tokenizer.chat_template", "tokenizer.chat_template.tool_use",
+                             "tokenizer.ggml.eos_token_id"):
                     if kind == _GGUF_STRING:
                         values[key], pos = read_string(pos)
                     else:
@@ -196,7 +198,10 @@ def read_gguf_chat_info(gguf_path: str | Path) -> tuple[str, str]:
         raise
     except (OSError, ValueError, struct.error) as exc:
         raise ModelfileError(f"{path}: not a readable GGUF file ({exc})") from exc
-    return str(values.get("tokenizer.chat_template", "")), eos
+    # A named pair (Hermes: default + tool_use) is one template that keeps the tool layout, as the server reads it.
+    tool_use = values.get("tokenizer.chat_template.tool_use")
+    default = str(values.get("tokenizer.chat_template", ""))
+    return combine_named(default, tool_use if isinstance(tool_use, str) else None), eos
 
 
 def _quote(text: str) -> str:
