@@ -133,6 +133,9 @@ def test_a_gguf_with_named_templates_is_served_with_tool_use(tiny_llama_dir, tmp
     expected = chat_template.combine_named(CHATML_DEFAULT, tool_use)
     assert read_gguf_chat_info(named)[0] == expected
     assert _gguf_template(named)[0] == expected
+    assert chat_template.split_named(expected) == (CHATML_DEFAULT, tool_use)
+    from tooltune.serve.modelfile import go_template_for
+    assert go_template_for(expected)[0] == "hermes3"  # the Modelfile follows the tool_use layout
     engine = load_engine(str(named), n_ctx=256)
     assert engine.chat_template == expected
     conv = next(c for c in glaive if c.tools)

@@ -110,7 +110,22 @@ def combine_named(default: str, tool_use: str | None) -> str:
     every consumer that takes a single template (serving, GGUF, vLLM ``--chat-template``) keeps the tool layout."""
     if not tool_use or tool_use == default:
         return default
-    return "{% if tools %}" + tool_use + "{% else %}" + default + "{% endif %}"
+    return (_NAMED_TOOL_USE + "{% if tools %}" + tool_use + "{% else %}" + _NAMED_DEFAULT + default
+            + "{% endif %}")
+
+
+# Jinja comments (they render nothing) marking the two parts, so split_named finds them again exactly.
+_NAMED_TOOL_USE = "{# tooltune: named template tool_use #}"
+_NAMED_DEFAULT = "{# tooltune: named template default #}"
+
+
+def split_named(template: str) -> tuple[str, str] | None:
+    """(default, tool_use) of a template combine_named made, else None."""
+    if not template.startswith(_NAMED_TOOL_USE + "{% if tools %}") or not template.endswith("{% endif %}"):
+        return None
+    body = template[len(_NAMED_TOOL_USE + "{% if tools %}"):-len("{% endif %}")]
+    tool_use, marker, default = body.rpartition("{% else %}" + _NAMED_DEFAULT)
+    return (default, tool_use) if marker else None
 
 
 def load_from_tokenizer_dir(path: str | Path, prefer: str = "transformers") -> str | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.atomic import write_text
-from tooltune.chat_template import combine_named
+from tooltune.chat_template import combine_named, split_named
 from tooltune.errors import TooltuneError
 from tooltune.families.stops import stop_strings
 
@@ -101,6 +101,10 @@ def go_template_for(chat_template: str) -> tuple[str, str]:
     if digest in FOLDER_TEMPLATE_DIGESTS:
         family, go_file = FOLDER_TEMPLATE_DIGESTS[digest]
         return family, _resource_text(go_file)
+    named = split_named(chat_template)
+    if named is not None:
+        # A named pair (Hermes): the Go TEMPLATE follows the tool_use part, the layout tool requests are served in.
+        return go_template_for(named[1])
     raise ModelfileError(
         "no Go TEMPLATE is known to match this model's chat template (docs/families.md lists the templates with a "
         "proven equivalent); pass --template FILE with your own Go template, or --no-template to let Ollama 0.30+ "
