@@ -217,7 +217,10 @@ def training_texts(template: Any, conv: Conversation) -> tuple[list[Text], list[
             whole = []
             for position, (text, [(start, end)]) in zip(positions, views, strict=True):
                 spans.append((position, text[:start], text[start:end]))
-                whole.append((position + 1, text, f"through message {position}"))
+                # A reply trained after the served prompt (Hermes 3 closes a last tool result differently) is not
+                # the template's rendering of the messages through it: its prompt is compared, not that text.
+                if text == inner._render(conv, position + 1, False):
+                    whole.append((position + 1, text, f"through message {position}"))
     else:
         so_far = ""
         for position, turn in zip(positions, inner.turns(conv), strict=True):
