@@ -218,7 +218,7 @@ class LlamaCppEngine(Engine):
             raise EngineError("llama-cpp-python is not installed: pip install llama-cpp-python") from exc
         self._llama_cpp = llama_cpp
         started = time.perf_counter()
-        threads = n_threads or _default_threads()
+        threads = n_threads or default_threads()
         # Prompt batches get the same thread count as decoding: llama-cpp-python's default (every logical CPU)
         # oversubscribes hyper-threads, and OpenMP's spinning threads then make prompt evaluation 10x slower.
         self._threads = threads
@@ -545,7 +545,7 @@ def _timed_result(text_parts: list[str], finish: str, prompt_tokens: int, comple
                   load_seconds=load_seconds)
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
     """Physical cores, roughly: llama.cpp decodes fastest with one thread per core, not per hyper-thread.
 
     Small machines (≤ 4 CPUs, typically VMs whose vCPUs are whole cores) use them all; ``TOOLTUNE_THREADS`` overrides.

@@ -6,7 +6,6 @@ runtime cannot drift apart, and no llama.cpp checkout or ``llama-quantize`` bina
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -140,7 +139,9 @@ def quantize_gguf(
 
     import llama_cpp
 
-    n_threads = threads or os.cpu_count() or 1
+    from tooltune.engines import default_threads
+
+    n_threads = threads or default_threads()  # TOOLTUNE_THREADS, as every engine
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[name]
     params.nthread = n_threads

@@ -9,7 +9,6 @@ it is computed position by position, which is what ``llama-perplexity --kl-diver
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -142,7 +141,9 @@ def gguf_report(
         text, source_name = default_text()
     else:
         source_name = "the given text"
-    n_threads = threads or os.cpu_count() or 1
+    from tooltune.engines import default_threads
+
+    n_threads = threads or default_threads()  # TOOLTUNE_THREADS, as every engine
 
     reference = _load(paths[0], chunk_size, n_threads)
     tokens = reference.tokenize(text.encode("utf-8"), add_bos=False, special=False)[:max_tokens]
