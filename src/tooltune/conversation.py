@@ -135,6 +135,14 @@ class Message:
         )
 
 
+def openai_tool(spec: dict[str, Any]) -> dict[str, Any]:
+    """The definition as given, wrapped as ``{"type": "function", "function": ...}`` when bare — LLaMA-Factory's
+    ``qwen`` template wraps bare tools this way, and so does every client sending a bare function's schema."""
+    if spec.get("type") == "function" and isinstance(spec.get("function"), dict):
+        return spec
+    return {"type": "function", "function": spec}
+
+
 @dataclass
 class Tool:
     """A tool definition, kept as given (``spec``) with normalised views.

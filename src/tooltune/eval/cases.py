@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tooltune.conversation import Conversation, ConversationError, Tool, ToolCall
+from tooltune.conversation import Conversation, ConversationError, Tool, ToolCall, openai_tool
 from tooltune.errors import TooltuneError
 from tooltune.eval.ast_match import OPTIONAL, Answer, answer_from_call
 
@@ -81,14 +81,6 @@ class Case:
             expected_text=raw.get("expected_text", ""),
             source=raw.get("source", ""),
         )
-
-
-def openai_tool(spec: dict[str, Any]) -> dict[str, Any]:
-    """The definition as given, wrapped as ``{"type": "function", "function": ...}`` when bare — LLaMA-Factory's
-    ``qwen`` template wraps bare tools this way, so the prompt matches the training layout."""
-    if spec.get("type") == "function" and isinstance(spec.get("function"), dict):
-        return spec
-    return {"type": "function", "function": spec}
 
 
 def checked_function(tool: Tool) -> dict[str, Any]:

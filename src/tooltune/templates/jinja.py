@@ -28,7 +28,7 @@ import re
 from typing import Any, Literal
 
 from tooltune import chat_template
-from tooltune.conversation import Conversation, Tool
+from tooltune.conversation import Conversation, Tool, openai_tool
 from tooltune.families import detect
 from tooltune.families.family import Family
 from tooltune.templates.base import Template, TemplateError, TokenTurns, Turn
@@ -56,10 +56,9 @@ def as_client_sends(tool: Tool) -> dict[str, Any]:
     parameters) become the OpenAI schema a client would send.
     """
     spec = tool.spec
-    if isinstance(spec, dict) and spec.get("type") == "function" and isinstance(spec.get("function"), dict):
-        return spec
-    if isinstance(spec, dict) and isinstance(spec.get("parameters", {}), dict) and isinstance(spec.get("name"), str):
-        return {"type": "function", "function": spec}
+    wrapped = openai_tool(spec)
+    if wrapped is spec or (isinstance(spec.get("parameters", {}), dict) and isinstance(spec.get("name"), str)):
+        return wrapped
     return tool.to_openai()
 
 
@@ -105,17 +104,16 @@ class JinjaTemplate(Template):
             self.name = name
         template = source if source is not None else getattr(tokenizer, "chat_template", None)
         # Named templates (Hermes, Command-R): transformers renders a conversation that has tools with "tool_use" and
-        # any other with "default", and so do we — taking "default" alone would refuse every tool conversation.
-        self.tool_source: str | None = None
+        # any other with "default" — taking "default" alone would refuse every tool conversation. The pair becomes the
+        # one template every single-template consumer gets (export, GGUF, vLLM), which makes that choice inside.
+        tool_use = None
         if isinstance(template, dict):
-            tool_use = template.get("tool_use")
+            tool_use = template.get("tool_use") if isinstance(template.get("tool_use"), str) else None
             template = template.get("default") or tool_use or next(iter(template.values()), None)
-            if isinstance(tool_use, str) and tool_use and tool_use != template:
-                self.tool_source = tool_use
         if not isinstance(template, str) or not template:
             raise TemplateError("template jinja: the tokenizer has no chat template (use --template qwen)")
-        self.source = template
-        self.family = family or detect.from_template(self.tool_source or template)
+        self.source = chat_template.combine_named(template, tool_use)
+        self.family = family or detect.from_template(tool_use or template)
         self.bos_token = getattr(tokenizer, "bos_token", None) or ""
         self.eos_token = getattr(tokenizer, "eos_token", None) or ""
 
@@ -148,7 +146,7 @@ class JinjaTemplate(Template):
             tools = [as_client_sends(tool) for tool in conv.tools]
         try:
             return chat_template.render(
-                self.tool_source if tools and self.tool_source else self.source,
+                self.source,
                 self._messages(conv, count),
                 tools=tools,
                 add_generation_prompt=add_generation_prompt,
@@ -310,8 +308,4 @@ class JinjaTemplate(Template):
 
     @property
     def jinja_chat_template(self) -> str:
-        if self.tool_source:
-            # One file for every consumer that takes a single template (export, GGUF, vLLM --chat-template): the
-            # choice transformers makes between the named templates, made inside the template.
-            return chat_template.combine_named(self.source, self.tool_source)
         return self.source
