@@ -480,11 +480,8 @@ def _gguf_template(path: Path) -> tuple[str | None, tuple[str, str], dict[str, A
         token_id = metadata.get(key)
         return tokens[token_id] if isinstance(token_id, int) and 0 <= token_id < len(tokens) else ""
 
-    template = metadata.get("tokenizer.chat_template")
-    tool_use = metadata.get("tokenizer.chat_template.tool_use")
-    if isinstance(template, str) and template and isinstance(tool_use, str):
-        template = chat_template.combine_named(template, tool_use)  # a named pair (Hermes), as the server reads it
-    return (template if isinstance(template, str) and template else None,
+    template = chat_template.from_gguf_metadata(metadata)  # a named pair (Hermes) read as the server reads it
+    return (template or None,
             (token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")), metadata)
 
 

@@ -114,6 +114,14 @@ def combine_named(default: str, tool_use: str | None) -> str:
             + "{% endif %}")
 
 
+def from_gguf_metadata(metadata: dict[str, Any]) -> str:
+    """A GGUF's chat template: ``tokenizer.chat_template``, combined with ``tokenizer.chat_template.tool_use`` where
+    llama.cpp's converter wrote a named pair (Hermes) — "" when the file carries none."""
+    default = metadata.get("tokenizer.chat_template")
+    tool_use = metadata.get("tokenizer.chat_template.tool_use")
+    return combine_named(default if isinstance(default, str) else "", tool_use if isinstance(tool_use, str) else None)
+
+
 # Jinja comments (they render nothing) marking the two parts, so split_named finds them again exactly.
 _NAMED_TOOL_USE = "{# tooltune: named template tool_use #}"
 _NAMED_DEFAULT = "{# tooltune: named template default #}"

@@ -227,10 +227,7 @@ class LlamaCppEngine(Engine):
         self.path = path
         self.name = path.stem
         metadata = self.llm.metadata or {}
-        # llama.cpp's converter keeps a named pair (Hermes) as tokenizer.chat_template + .tool_use
-        gguf_template = jinja_chat.combine_named(metadata.get("tokenizer.chat_template", ""),
-                                                 metadata.get("tokenizer.chat_template.tool_use"))
-        self.chat_template = chat_template or model_template(gguf_template, path)
+        self.chat_template = chat_template or model_template(jinja_chat.from_gguf_metadata(metadata), path)
         self.bos_token = self._token_text(self.llm.token_bos())
         self.eos_token = self._token_text(self.llm.token_eos())
         self.add_bos = metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tooltune.atomic import write_text
-from tooltune.chat_template import combine_named, split_named
+from tooltune.chat_template import from_gguf_metadata, split_named
 from tooltune.errors import TooltuneError
 from tooltune.families.stops import stop_strings
 
@@ -202,10 +202,7 @@ def read_gguf_chat_info(gguf_path: str | Path) -> tuple[str, str]:
         raise
     except (OSError, ValueError, struct.error) as exc:
         raise ModelfileError(f"{path}: not a readable GGUF file ({exc})") from exc
-    # A named pair (Hermes: default + tool_use) is one template that keeps the tool layout, as the server reads it.
-    tool_use = values.get("tokenizer.chat_template.tool_use")
-    default = str(values.get("tokenizer.chat_template", ""))
-    return combine_named(default, tool_use if isinstance(tool_use, str) else None), eos
+    return from_gguf_metadata(values), eos  # a named pair (Hermes) read as the server reads it
 
 
 def _quote(text: str) -> str:
