@@ -138,22 +138,25 @@ class OfflineGenerator:
 
     # ---- patterns
 
-    def _single(self, item: PlanItem, rng: random.Random) -> list[dict[str, str]]:
+    def _asked_and_called(self, item: PlanItem, rng: random.Random
+                          ) -> tuple[ToolPlanInfo, dict[str, Any], dict[str, str], list[dict[str, str]]]:
+        """The user's request and the call it gets (the single pattern, and how the result pattern starts)."""
         tool = self.spec.tool(item.tool)
         assert tool is not None and item.variant is not None
         arguments, words = self._arguments(tool, item.variant, item, rng)
-        return [
+        turns = [
             {"from": "human", "value": self._utterance(tool, item.variant, words, item, rng)},
             {"from": "function_call", "value": _dumps(self._call(tool.name, arguments))},
         ]
+        return tool, arguments, words, turns
+
+    def _single(self, item: PlanItem, rng: random.Random) -> list[dict[str, str]]:
+        return self._asked_and_called(item, rng)[3]
 
     def _result(self, item: PlanItem, rng: random.Random) -> list[dict[str, str]]:
-        tool = self.spec.tool(item.tool)
-        assert tool is not None and item.variant is not None
-        arguments, words = self._arguments(tool, item.variant, item, rng)
+        tool, arguments, words, turns = self._asked_and_called(item, rng)
         return [
-            {"from": "human", "value": self._utterance(tool, item.variant, words, item, rng)},
-            {"from": "function_call", "value": _dumps(self._call(tool.name, arguments))},
+            *turns,
             {"from": "observation", "value": self._observation(tool, arguments, words)},
             {"from": "gpt", "value": self._answer(tool, words, item, rng)},
         ]
