@@ -284,3 +284,56 @@ def test_pipeline_synth_block_fills_the_dataset(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "synth" / "seed_tools_test.json").is_file()
     argv = ["--example", "seed-tools", "--max_steps", "2"]
     assert _pop_example(argv) == "seed-tools" and argv == ["--max_steps", "2"]
+
+
+def test_sessions_join_training_samples_offered_the_same_tools(tmp_path: Path) -> None:
+    from tooltune.data.args import DataArguments
+    from tooltune.data.loader import load_conversations
+
+    overrides = {"languages": ["zh"], "distractors": 0, "tool_shape": "openai", "test_size": 0.2}
+    single = synthesize(*_planned(load_spec(SEED_SPEC, overrides)))
+    joined_spec = load_spec(SEED_SPEC, {**overrides, "session_size": 4})
+    joined = synthesize(*_planned(joined_spec))
+    # the same samples are generated, verified and held out; only how training writes them changes
+    assert [s.record for s in joined.train] == [s.record for s in single.train]
+    assert [s.record for s in joined.test] == [s.record for s in single.test]
+    assert single.train_conversations == [s.record for s in single.train]
+    records = joined.train_conversations
+    assert len(records) < len(joined.train) / 2
+    # every training sample's turns are in a record offered the same tools; nothing is dropped or added
+    texts = [(r["tools"], json.dumps(r["conversations"], ensure_ascii=False)) for r in records]
+    for sample in joined.train:
+        needle = json.dumps(sample.turns, ensure_ascii=False)[1:-1]
+        assert any(tools == sample.record["tools"] and needle in text for tools, text in texts)
+    def count(turn_lists, role: str) -> int:
+        return sum(t["from"] == role for turns in turn_lists for t in turns)
+    assert count([r["conversations"] for r in records], "human") == count([s.turns for s in joined.train], "human")
+    assert (count([r["conversations"] for r in records], "function_call")
+            == count([s.turns for s in joined.train], "function_call"))
+    for record in records:
+        roles = [t["from"] for t in record["conversations"]]
+        assert roles[0] == "human"
+        for before, after in zip(roles, roles[1:], strict=False):  # the alternation LLaMA-Factory requires
+            assert (before, after) in {("human", "gpt"), ("human", "function_call"), ("function_call", "observation"),
+                                       ("observation", "gpt"), ("gpt", "human")}
+        calls = [t["value"] for t in record["conversations"] if t["from"] == "function_call"]
+        assert len(calls) <= 4
+        # a fallback call (what it answers is unknown) only ever ends a conversation
+        assert all("DirectLLMCommunityAiUser" not in call for call in calls[:-1])
+    # a closed call is followed by the spec's result for that tool, then the reply
+    record = next(r for r in records if sum(t["from"] == "human" for t in r["conversations"]) >= 3)
+    first_call = json.loads(record["conversations"][1]["value"])
+    if first_call["name"] == "HandleTongzhiTonggao":
+        assert record["conversations"][2] == {"from": "observation", "value": '{"code": 0, "message": "success"}'}
+    files = write_outputs(joined_spec, joined, tmp_path)
+    assert json.loads(files["train"].read_text(encoding="utf-8")) == records
+    report = load_conversations(DataArguments(dataset="seed_tools", dataset_dir=str(tmp_path)))
+    assert not report.rejected and len(report.conversations) == len(records)
+    assert f"{len(joined.train)} train (in {len(records)} conversations)" in joined.summary()
+    with pytest.raises(SynthError, match="session_size must be a whole number ≥ 1"):
+        spec_from_mapping({"tools": [NOTE], "session_size": 0}, base_dir=Path("."), source="small.yaml")
+
+
+def _planned(spec):
+    plan, offline = prepare(spec)
+    return spec, plan, None, offline

@@ -278,7 +278,10 @@ def train(
 
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = dict(output.metrics)
-    if data.eval and (training_args.do_eval or plan.eval_samples):
+    # A final eval loss when asked for (do_eval) or when evals are on; `eval_strategy: no` means none, as in
+    # LLaMA-Factory — on the demo it was a 70 s pass over the held-out split that the pipeline scores by tool calls.
+    evals_on = getattr(hf_args.eval_strategy, "value", hf_args.eval_strategy) != "no"
+    if data.eval and (training_args.do_eval or evals_on):
         metrics.update(trainer.evaluate())
     _save_final(trainer, tokenizer, output_dir, data.chat_template)
 
