@@ -169,6 +169,7 @@ def test_gguf_target_on_the_embedded_model_with_bfcl_cases(default_gguf: Path, t
     again = evaluate([str(default_gguf)], cases, None, max_tokens=24, progress=False, chat_template="qwen")
     assert first.runs[0].kind == "gguf"
     assert _outputs(first) == _outputs(again)  # deterministic by default
+    assert [s.case_id for s in first.runs[0].scores] == [c.id for c in cases]  # data order, whatever ran first
     assert all(s.completion_tokens for s in first.runs[0].scores)
     assert set(first.runs[0].summary.by_category) == {"simple", "irrelevance"}
 
@@ -195,3 +196,19 @@ def test_cli_eval_and_compare(tiny_llama_dir: Path, history_cases: list[Case], t
     assert "| accuracy (AST) |" in compared.output and "shared cases" in compared.output
     missing = runner.invoke(app, ["eval", "--model", str(tmp_path / "nope"), "--data", str(data)])
     assert missing.exit_code != 0 and "no such model" in str(missing.exception)
+
+
+def test_prompt_order_puts_prompts_that_begin_alike_together(history_cases: list[Case]) -> None:
+    from dataclasses import replace
+
+    from tooltune.eval.runner import prompt_order
+
+    other_tools = [{"type": "function", "function": {**WEATHER, "name": "get_time"}}]
+    mixed = [history_cases[0], replace(history_cases[1], tools=other_tools), history_cases[2],
+             replace(history_cases[0], tools=other_tools)]
+    order = prompt_order(mixed)
+    assert sorted(order) == [0, 1, 2, 3]  # every case once
+    # the two with the weather tool run back to back, and so do the two with the other tool
+    assert {frozenset(order[:2]), frozenset(order[2:])} == {frozenset({0, 2}), frozenset({1, 3})}
+    # within one tool list, a conversation's earlier turn comes before its continuation (a prefix of it)
+    assert order.index(0) < order.index(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -95,8 +96,9 @@ def _generate_all(
     progress: bool,
     console: Console,
 ) -> list[Generation]:
-    """Generate for every case with a progress bar showing the running accuracy."""
-    generations: list[Generation] = []
+    """Generate for every case (in prompt order, see ``prompt_order``) with a progress bar showing the running
+    accuracy; returns the generations in the cases' order."""
+    generations: dict[int, Generation] = {}
     right = 0
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -110,13 +112,28 @@ def _generate_all(
     every = max(1, len(cases) // 10)
     with Progress(*columns, console=console, disable=not progress or plain, transient=False) as bar:
         task = bar.add_task(label, total=len(cases), accuracy="")
-        for case in cases:
+        for index in prompt_order(cases):
+            case = cases[index]
             generation = target.generate(case, config)  # type: ignore[attr-defined]
-            generations.append(generation)
+            generations[index] = generation
             right += score_case(case, generation, lenient=mode == "lenient").correct
             done = len(generations)
             accuracy = f"accuracy {right}/{done} ({100 * right / done:.0f}%)"
             bar.update(task, advance=1, accuracy=accuracy)
             if plain and (done % every == 0 or done == len(cases)):
                 console.print(f"{label}: {done}/{len(cases)} cases, {accuracy}", highlight=False)
-    return generations
+    return [generations[i] for i in range(len(cases))]
+
+
+def prompt_order(cases: list[Case]) -> list[int]:
+    """Case indices ordered so that prompts beginning alike run one after another: the same tools, the same system
+    prompt, then the turns. llama.cpp (and vLLM's prefix cache) then reuses the prefix the previous case computed
+    instead of reading it again — the tool list is most of a prompt, and a dataset's cases with the same tools are
+    not always neighbours."""
+    def key(index: int) -> tuple[str, tuple[str, ...]]:
+        case = cases[index]
+        # Turns compared one by one, so a conversation's earlier turn sorts before its continuation.
+        return (json.dumps(case.tools, sort_keys=True, ensure_ascii=False),
+                tuple(json.dumps(m, sort_keys=True, ensure_ascii=False) for m in case.messages))
+
+    return sorted(range(len(cases)), key=key)
