@@ -44,7 +44,6 @@ class SynthResult:
     test: list[Sample]
     rejected: list[Rejected]
     seconds: float
-    train_conversations: list[dict[str, Any]] = field(default_factory=list)  # the train samples as written
     files: dict[str, Path] = field(default_factory=dict)
 
     def counts(self) -> dict[str, Counter[tuple[str, str, str]]]:
@@ -59,10 +58,8 @@ class SynthResult:
         why = f" ({', '.join(f'{n} {reason}' for reason, n in reasons.most_common())})" if reasons else ""
         kept = len(self.train) + len(self.test)
         rate = kept / self.seconds if self.seconds > 0 else float("inf")
-        joined = (f" (in {len(self.train_conversations)} conversations)"
-                  if len(self.train_conversations) != len(self.train) else "")
-        return (f"synth: {len(self.plan.items)} planned → {len(self.train)} train{joined} + {len(self.test)} "
-                f"held-out, {len(self.rejected)} rejected{why} · {self.seconds:.2f}s ({rate:,.0f} verified/s)")
+        return (f"synth: {len(self.plan.items)} planned → {len(self.train)} train + {len(self.test)} held-out, "
+                f"{len(self.rejected)} rejected{why} · {self.seconds:.2f}s ({rate:,.0f} verified/s)")
 
 
 Generate = Callable[[PlanItem], dict[str, Any]]
@@ -78,20 +75,17 @@ def synthesize(spec: SynthSpec, plan: Plan, generate: Generate | None = None,
     """Generate every plan item (offline unless ``generate`` is given), verify, de-duplicate and split."""
     start = time.perf_counter()
     offline = offline or prepare(spec)[1]
-    # A teacher's record comes without a closing (it can only end a session); the offline generator gives one.
-    write: Callable[[PlanItem], Sample] = (
-        (lambda item: Sample(item, generate(item))) if generate else offline.generate)
+    write = generate or (lambda item: offline.generate(item).record)
     verifier = Verifier(spec)
     kept: list[Sample] = []
     rejected: list[Rejected] = []
     seen: set[str] = set()
     for item in plan.items:
         try:
-            sample = write(item)
+            record = write(item)
         except (GenerationGap, SynthError) as exc:
             rejected.append(Rejected(item, Rejection("generation", str(exc)), None))
             continue
-        record = sample.record
         # Near-duplicates of a kept sample are dropped before the (dearer) verification; a copy of a rejected sample
         # is verified and rejected for its own reason.
         key = dedup_key(record)
@@ -101,41 +95,10 @@ def synthesize(spec: SynthSpec, plan: Plan, generate: Generate | None = None,
         if problem is not None:
             rejected.append(Rejected(item, problem, record))
             continue
-        kept.append(sample)
+        kept.append(Sample(item, record))
     train, test, overlap = split_held_out(kept, spec.test_size, spec.seed)
     rejected += overlap
-    conversations = join_sessions(train, spec.session_size, spec.seed)
-    return SynthResult(plan, train, test, rejected, time.perf_counter() - start, conversations)
-
-
-def join_sessions(samples: list[Sample], size: int, seed: int) -> list[dict[str, Any]]:
-    """Training records with up to ``size`` requests each: samples offered the same tools (and system prompt) are
-    joined in a seeded order, every one but the last followed by its closing (the call's result and the reply), so
-    the conversation alternates as LLaMA-Factory requires. A sample with no known closing only ends a conversation;
-    nothing is dropped: every sample's turns are in exactly one record."""
-    if size <= 1:
-        return [s.record for s in samples]
-    groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
-    for sample in samples:
-        groups[(str(sample.record.get("tools", "")), str(sample.record.get("system", "")))].append(sample)
-    records: list[dict[str, Any]] = []
-    for members in groups.values():
-        order = sorted(members, key=lambda s: random.Random(f"{seed}:session:{s.item.key}").random())
-        # Samples that cannot go on end a conversation each; the others fill conversations in order.
-        enders = [s for s in order if s.closing is None]
-        goers = [s for s in order if s.closing is not None]
-        while goers or enders:
-            part = goers[:size - 1] if enders else goers[:size]
-            goers = goers[len(part):]
-            if enders:
-                part.append(enders.pop(0))
-            turns: list[dict[str, str]] = []
-            for i, sample in enumerate(part):
-                turns += sample.record["conversations"]
-                if i < len(part) - 1:
-                    turns += sample.closing or []
-            records.append({**part[0].record, "conversations": turns})
-    return records
+    return SynthResult(plan, train, test, rejected, time.perf_counter() - start)
 
 
 def split_held_out(samples: list[Sample], test_size: float, seed: int,
@@ -200,7 +163,7 @@ def write_outputs(spec: SynthSpec, result: SynthResult, out_dir: Path) -> dict[s
         "report_json": out_dir / "report.json",
         "report_md": out_dir / "report.md",
     }
-    write_text(files["train"], json.dumps(result.train_conversations, ensure_ascii=False, indent=1))
+    write_text(files["train"], json.dumps([s.record for s in result.train], ensure_ascii=False, indent=1))
     write_text(files["test"], json.dumps([s.record for s in result.test], ensure_ascii=False, indent=1))
     info: dict[str, Any] = {}
     if files["dataset_info"].is_file():

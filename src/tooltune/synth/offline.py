@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,18 +23,10 @@ from tooltune.synth.spec import SynthSpec, ToolPlanInfo
 class Sample:
     item: PlanItem
     record: dict[str, Any]  # sharegpt: conversations, tools (JSON string), system
-    # What follows the sample's last turn so another request can come after it in one conversation: [] when it
-    # already ends with a reply, the call's result + the reply to it when it ends with a call, None when unknown
-    # (a teacher's sample, a fallback call): such a sample can only end a conversation.
-    closing: list[dict[str, str]] | None = None
 
     @property
     def turns(self) -> list[dict[str, str]]:
         return self.record["conversations"]
-
-
-# A pattern's turns and its closing: [] (ends with a reply), None (cannot go on), or made from its own random stream.
-Built = tuple[list[dict[str, str]], Callable[[random.Random], list[dict[str, str]]] | list[dict[str, str]] | None]
 
 
 class GenerationGap(Exception):
@@ -58,18 +49,15 @@ class OfflineGenerator:
                 record["tools"] = self._tools_for(record["conversations"], rng)
             if self.spec.system:
                 record.setdefault("system", self.spec.system)
-            ends_with_reply = bool(record["conversations"]) and record["conversations"][-1].get("from") == "gpt"
-            return Sample(item, record, [] if ends_with_reply else None)
+            return Sample(item, record)
         rng = random.Random(f"{self.spec.seed}:{item.key}")
         build = {"single": self._single, "result": self._result, "clarify": self._clarify,
                  "parallel": self._parallel, "no_call": self._no_call}[item.pattern]
-        turns, closing = build(item, rng)
+        turns = build(item, rng)
         record: dict[str, Any] = {"conversations": turns, "tools": self._tools_for(turns, rng)}
         if self.spec.system:
             record["system"] = self.spec.system
-        # The closing is drawn last, from its own stream, so the record is the same with or without sessions.
-        return Sample(item, record, closing(random.Random(f"{self.spec.seed}:{item.key}:closing"))
-                      if callable(closing) else closing)
+        return Sample(item, record)
 
     def _tools_for(self, turns: list[dict[str, str]], rng: random.Random) -> str:
         """The tools offered in this sample: all of them, or the called ones + fallback + N drawn distractors."""
@@ -162,23 +150,18 @@ class OfflineGenerator:
         ]
         return tool, arguments, words, turns
 
-    def _result_turns(self, tool: ToolPlanInfo, arguments: dict[str, Any], words: dict[str, str], item: PlanItem,
-                      rng: random.Random) -> list[dict[str, str]]:
-        """The call's result and the reply to it (the result pattern's end, and how a session goes on)."""
+    def _single(self, item: PlanItem, rng: random.Random) -> list[dict[str, str]]:
+        return self._asked_and_called(item, rng)[3]
+
+    def _result(self, item: PlanItem, rng: random.Random) -> list[dict[str, str]]:
+        tool, arguments, words, turns = self._asked_and_called(item, rng)
         return [
+            *turns,
             {"from": "observation", "value": self._observation(tool, arguments, words)},
             {"from": "gpt", "value": self._answer(tool, words, item, rng)},
         ]
 
-    def _single(self, item: PlanItem, rng: random.Random) -> Built:
-        tool, arguments, words, turns = self._asked_and_called(item, rng)
-        return turns, lambda closing_rng: self._result_turns(tool, arguments, words, item, closing_rng)
-
-    def _result(self, item: PlanItem, rng: random.Random) -> Built:
-        tool, arguments, words, turns = self._asked_and_called(item, rng)
-        return [*turns, *self._result_turns(tool, arguments, words, item, rng)], []
-
-    def _clarify(self, item: PlanItem, rng: random.Random) -> Built:
+    def _clarify(self, item: PlanItem, rng: random.Random) -> list[dict[str, str]]:
         tool = self.spec.tool(item.tool)
         assert tool is not None and item.missing is not None
         tp = self.pools.tools[tool.name]
@@ -194,9 +177,9 @@ class OfflineGenerator:
             {"from": "gpt", "value": ask},
             {"from": "human", "value": words[item.missing]},
             {"from": "function_call", "value": _dumps(self._call(tool.name, arguments))},
-        ], lambda closing_rng: self._result_turns(tool, arguments, words, item, closing_rng)
+        ]
 
-    def _parallel(self, item: PlanItem, rng: random.Random) -> Built:
+    def _parallel(self, item: PlanItem, rng: random.Random) -> list[dict[str, str]]:
         assert item.pair is not None
         said, calls, observations = [], [], []
         for name in item.pair:
@@ -218,21 +201,20 @@ class OfflineGenerator:
             {"from": "function_call", "value": _dumps(calls)},
             {"from": "observation", "value": _dumps(observations)},
             {"from": "gpt", "value": answer},
-        ], []
+        ]
 
-    def _no_call(self, item: PlanItem, rng: random.Random) -> Built:
+    def _no_call(self, item: PlanItem, rng: random.Random) -> list[dict[str, str]]:
         utterances = self.pools.no_call[item.language]
         text = utterances[item.index % len(utterances)]
         fallback = self.spec.tool(self.spec.fallback_tool) if self.spec.fallback_tool else None
         if fallback is None:
             return [{"from": "human", "value": text},
-                    {"from": "gpt", "value": rng.choice(self.pools.no_call_reply[item.language])}], []
+                    {"from": "gpt", "value": rng.choice(self.pools.no_call_reply[item.language])}]
         # The fallback takes the user's words as its first required string argument (the seed's "question").
         arg = next((a for a in fallback.required), None) or next(iter(fallback.schema["properties"]), None)
         arguments = {arg: text} if arg else {}
-        # No closing: what the user's fallback answers is not ours to invent, so such a turn only ends a session.
         return [{"from": "human", "value": text},
-                {"from": "function_call", "value": _dumps(self._call(fallback.name, arguments))}], None
+                {"from": "function_call", "value": _dumps(self._call(fallback.name, arguments))}]
 
 
 def openai_shape(tool: ToolPlanInfo) -> dict[str, Any]:

@@ -19,7 +19,6 @@ A spec is a YAML/JSON mapping (every key optional except ``tools``)::
     grounding: strict              # strict | off  (string arguments must appear in a user turn unless enum values)
     distractors: 1                 # offer the called tools + fallback + 1 other per sample (absent: every tool)
     tool_shape: mixed              # as_given (default) | openai | mixed: how samples offer the tools
-    session_size: 4                # training conversations hold up to 4 requests offered the same tools (default 1)
     test_size: 0.15
     seed: 42
 
@@ -110,10 +109,6 @@ class SynthSpec:
     # function schemas with the spec's enums, the shape every OpenAI/Ollama client sends at serve time; mixed: one
     # or the other per sample, so the model reads both.
     tool_shape: str = "as_given"
-    # Training samples offered the same tools are joined into conversations of up to N requests, each call followed
-    # by its result and reply before the next request: the (long) tool list is read once for N calls instead of once
-    # per call. Held-out samples stay one request each, as eval sends them.
-    session_size: int = 1
     test_size: float = 0.15
     seed: int = 42
     name: str = "synth"
@@ -222,7 +217,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Synt
 
 KNOWN_KEYS = {"tools", "examples", "system", "languages", "fallback_tool", "arguments", "templates", "clarify",
               "ask", "results", "no_call", "no_call_reply", "counts", "grounding", "test_size", "seed", "name",
-              "distractors", "tool_shape", "session_size"}
+              "distractors", "tool_shape"}
 
 
 def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>") -> SynthSpec:
@@ -279,9 +274,6 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
     tool_shape = raw.get("tool_shape", "as_given")
     if tool_shape not in TOOL_SHAPES:
         raise SynthError(f"{source}: tool_shape {tool_shape!r} must be one of {', '.join(TOOL_SHAPES)}")
-    session_size = raw.get("session_size", 1)
-    if not isinstance(session_size, int) or isinstance(session_size, bool) or session_size < 1:
-        raise SynthError(f"{source}: session_size must be a whole number ≥ 1 (requests per training conversation)")
     test_size = float(raw.get("test_size", 0.15))
     if not 0 <= test_size < 1:
         raise SynthError(f"{source}: test_size must be in [0, 1)")
@@ -310,7 +302,6 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
         grounding=grounding,
         distractors=distractors,
         tool_shape=tool_shape,
-        session_size=session_size,
         test_size=test_size,
         seed=int(raw.get("seed", 42)),
         name=str(raw.get("name", "synth")),
