@@ -64,6 +64,18 @@ def test_plan_arithmetic() -> None:
     assert any("set_lamp" in gap and "room" in gap for gap in plan.gaps)  # no opener without {room}
     text = plan.format(spec.languages)
     assert "single/en" in text and "total" in text.splitlines()[-len(plan.gaps) - 1]
+    # tool_counts: per-tool overrides; the enum floor stays (each value appears), a pair takes the smaller parallel
+    plan, _ = prepare(_small_spec(tool_counts={"add_note": {"single": 5, "result": 0, "parallel": 1},
+                                               "set_lamp": {"single": 1, "clarify": 7}}))
+    counts = plan.counts()
+    assert counts[("add_note", "single", "en")] == 5 and counts[("add_note", "result", "en")] == 0
+    assert counts[("set_lamp", "single", "en")] == 3  # largest enum (on, off, dim) still all appear
+    assert counts[("set_lamp", "result", "en")] == 1 and counts[("set_lamp+add_note", "parallel", "en")] == 1
+    assert counts[("ask_anything", "no_call", "en")] == 4
+    with pytest.raises(SynthError, match=r"tool_counts\.nope: no such tool"):
+        _small_spec(tool_counts={"nope": {"single": 1}})
+    with pytest.raises(SynthError, match=r"tool_counts\.add_note must map clarify, parallel, result, single"):
+        _small_spec(tool_counts={"add_note": {"no_call": 1}})
     # A tool without any template is a gap, not a silent omission.
     bare = spec_from_mapping({"tools": [NOTE]}, base_dir=Path("."), source="bare.yaml")
     plan, _ = prepare(bare)

@@ -2,6 +2,8 @@
 
 Per callable tool and language:
 
+Counts are ``counts`` with the tool's ``tool_counts`` over them; a pair's parallel count is the smaller of its tools'.
+
 * ``single``: ``max(counts.single, largest enum, ways of calling)`` samples; sample *i* takes the *i*-th value of every
   enum argument (so each enum value appears) and the *i*-th slot set (so each optional argument is both present and
   absent when templates for both exist);
@@ -67,10 +69,10 @@ class Plan:
 def build_plan(spec: SynthSpec, pools: Pools) -> Plan:
     items: list[PlanItem] = []
     gaps: list[str] = []
-    counts = spec.counts
     for language in spec.languages:
         ready: list[str] = []
         for tool in spec.callable_tools:
+            counts = spec.counts_for(tool.name)
             tp = pools.tools[tool.name]
             variants = tp.variants(language, tool.required)
             if not variants:
@@ -98,10 +100,11 @@ def build_plan(spec: SynthSpec, pools: Pools) -> Plan:
             items += [PlanItem(tool.name, "result", language, i, variants[i % len(variants)])
                       for i in range(counts["result"])]
         for first, second in combinations(ready, 2):
+            pairs = min(spec.counts_for(first)["parallel"], spec.counts_for(second)["parallel"])
             items += [PlanItem(f"{first}+{second}", "parallel", language, i, pair=(first, second))
-                      for i in range(counts["parallel"])]
+                      for i in range(pairs)]
         target = spec.fallback_tool or "(text)"
-        items += [PlanItem(target, "no_call", language, i) for i in range(counts["no_call"])]
+        items += [PlanItem(target, "no_call", language, i) for i in range(spec.counts["no_call"])]
     # The user's own examples are training data too (verified like the rest), first so that a generated sample
     # repeating one is the duplicate dropped.
     items[:0] = [PlanItem(_example_tool(record), "example", _example_language(record), i)

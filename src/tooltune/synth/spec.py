@@ -16,6 +16,8 @@ A spec is a YAML/JSON mapping (every key optional except ``tools``)::
     results: {HandleTongzhiTonggao: {observation: '{"status": "ok"}', answer: {zh: [...], en: [...]}}}
     no_call: {zh: [...], en: [...]}   # chit-chat / requests no tool serves
     counts: {single: 8, clarify: 3, result: 3, parallel: 2, no_call: 10}
+    tool_counts:                   # per-tool overrides (a pair's parallel count is the smaller of its two tools')
+      HealthReportSimple: {single: 4, parallel: 2}
     grounding: strict              # strict | off  (string arguments must appear in a user turn unless enum values)
     distractors: 1                 # offer the called tools + fallback + 1 other per sample (absent: every tool)
     tool_shape: mixed              # as_given (default) | openai | mixed: how samples offer the tools
@@ -101,6 +103,9 @@ class SynthSpec:
     no_call: dict[str, list[str]] = field(default_factory=dict)
     no_call_reply: dict[str, list[str]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COUNTS))
+    # Per tool: a tool with one free-text argument and a long description needs fewer (and dearer) samples than one
+    # whose enums must each be learnt.
+    tool_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     grounding: str = "strict"
     # None: every sample offers every tool. N: the tools it calls, the fallback and N others drawn per sample —
     # shorter prompts (long tool lists cost most of a sample's tokens) and a model that reads the tool list.
@@ -113,6 +118,9 @@ class SynthSpec:
     seed: int = 42
     name: str = "synth"
     source: str = "<spec>"
+
+    def counts_for(self, tool: str) -> dict[str, int]:
+        return {**self.counts, **self.tool_counts.get(tool, {})}
 
     def tool(self, name: str) -> ToolPlanInfo | None:
         return next((t for t in self.tools if t.name == name), None)
@@ -216,8 +224,8 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Synt
 
 
 KNOWN_KEYS = {"tools", "examples", "system", "languages", "fallback_tool", "arguments", "templates", "clarify",
-              "ask", "results", "no_call", "no_call_reply", "counts", "grounding", "test_size", "seed", "name",
-              "distractors", "tool_shape"}
+              "ask", "results", "no_call", "no_call_reply", "counts", "tool_counts", "grounding", "test_size", "seed",
+              "name", "distractors", "tool_shape"}
 
 
 def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>") -> SynthSpec:
@@ -265,6 +273,17 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
     counts = {**DEFAULT_COUNTS, **(raw.get("counts") or {})}
     if set(counts) - set(PATTERNS) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
         raise SynthError(f"{source}: counts must map {', '.join(PATTERNS)} to whole numbers ≥ 0")
+    tool_counts = raw.get("tool_counts") or {}
+    per_tool = set(PATTERNS) - {"no_call"}
+    if not isinstance(tool_counts, dict):
+        raise SynthError(f"{source}: tool_counts must map tool names to counts")
+    for tool_name, overrides in tool_counts.items():
+        if tool_name not in names:
+            raise SynthError(f"{source}: tool_counts.{tool_name}: no such tool")
+        if (not isinstance(overrides, dict) or set(overrides) - per_tool
+                or not all(isinstance(v, int) and v >= 0 for v in overrides.values())):
+            raise SynthError(f"{source}: tool_counts.{tool_name} must map {', '.join(sorted(per_tool))} to whole "
+                             f"numbers ≥ 0")
     grounding = raw.get("grounding", "strict")
     if grounding not in GROUNDING:
         raise SynthError(f"{source}: grounding {grounding!r} must be one of {', '.join(GROUNDING)}")
@@ -299,6 +318,7 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
         no_call=_per_language(raw.get("no_call"), f"{source}: no_call", languages),
         no_call_reply=_per_language(raw.get("no_call_reply"), f"{source}: no_call_reply", languages),
         counts=counts,
+        tool_counts={name: dict(overrides) for name, overrides in tool_counts.items()},
         grounding=grounding,
         distractors=distractors,
         tool_shape=tool_shape,
