@@ -7,7 +7,8 @@ against the issue's goal of 1,000/s.
 
 Teacher: a real ``tooltune serve`` of the embedded GGUF on 127.0.0.1 (started here), ``--teacher-items`` plan items
 rewritten with 1 and then ``--concurrency`` requests in flight, each with a fresh cache; prints requests/s and the
-ratio. ``--no-teacher`` skips it.
+ratio. The server gets ``--parallel N`` slots, so the N requests in flight are decoded in one batch.
+``--no-teacher`` skips it.
 
     python bench/synth.py [--scale 20] [--repeat 3] [--teacher-items 8] [--concurrency 4] [--n-threads 2]
 """
@@ -54,14 +55,16 @@ def offline_rate(scale: int, repeat: int, verify: bool) -> tuple[float, int, int
     return best, planned, kept
 
 
-def _serve(n_threads: int) -> tuple[subprocess.Popen, str]:
+def _serve(n_threads: int, parallel: int) -> tuple[subprocess.Popen, str]:
     from tooltune.default_model import default_gguf_path
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "tooltune", "serve", str(default_gguf_path()), "--port",
-                                str(port), "--n-threads", str(n_threads), "--n-ctx", "4096", "--name", "teacher"],
+                                str(port), "--n-threads", str(n_threads), "--n-ctx", "4096", "--name", "teacher",
+                                # as many llama.cpp slots as requests in flight, as OLLAMA_NUM_PARALLEL / vLLM batch
+                                "--parallel", str(parallel)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
 
@@ -112,14 +115,15 @@ def main() -> None:
     print(f"  unverified: {unchecked:10,.0f} conversations/s  (verification costs {unchecked / checked:.2f}x)")
     if args.no_teacher:
         return
-    process, url = _serve(args.n_threads)
+    process, url = _serve(args.n_threads, max(1, args.concurrency))
     try:
         one, failed_one = teacher_rate(url, args.teacher_items, 1)
         many, failed_many = teacher_rate(url, args.teacher_items, args.concurrency)
     finally:
         process.terminate()
         process.wait(20)
-    print(f"teacher (tooltune serve, embedded SmolLM2 GGUF, {args.n_threads} threads, {args.teacher_items} items):")
+    print(f"teacher (tooltune serve --parallel {max(1, args.concurrency)}, embedded SmolLM2 GGUF, "
+          f"{args.n_threads} threads, {args.teacher_items} items):")
     print(f"  1 concurrent:  {one:.3f} requests/s ({failed_one} unusable answers)")
     print(f"  {args.concurrency} concurrent:  {many:.3f} requests/s ({failed_many} unusable answers) · "
           f"{many / one:.2f}x")
