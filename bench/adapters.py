@@ -114,8 +114,9 @@ def load(model: Path, threads: int, lora: Path | None = None):  # noqa: ANN201 -
 
 
 def decode_pair(models: tuple, prompt: list[int], n_tokens: int, rounds: int) -> list[tuple[float, float]]:  # noqa: ANN001
-    """Greedy decoding after the prompt (prompt time excluded, like llama-bench's tg) by two models, one token each
-    in turn, so a changing machine load hits both alike. Per model: (wall tokens/s, CPU tokens/s) of the median token.
+    """Greedy decoding after the prompt (prompt time excluded, like llama-bench's tg) by two (or more) models, one
+    token each in turn, so a changing machine load hits all alike. Per model: (wall tokens/s, CPU tokens/s) of the
+    median token.
 
     The CPU figure is the calling thread's CPU time: with one llama.cpp thread all the work runs on it, so it holds on
     a loaded machine where wall time does not (other jobs' time slices are not counted)."""
