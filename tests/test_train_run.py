@@ -138,3 +138,44 @@ def test_do_train_false_prints_plan_only(tmp_path, tiny_llama_dir):
     result = train(*parse_into(CLASSES, argv))
     assert result.adapter_dir is None and result.plan.total_steps == 15
     assert any("never reaches" in w for w in result.plan.warnings)  # 20 warmup steps > 15 total
+
+
+def test_loraplus_and_neftune(tmp_path, tiny_llama_dir):
+    """LLaMA-Factory's loraplus_lr_ratio (B matrices at ratio × lr) and neftune_noise_alpha (noisy input embeddings
+    while training, clean at inference) reach the optimizer and the Trainer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from tooltune.train.trainer import ToolTuneTrainer
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), learning_rate=1e-3, report_to=[], use_cpu=True,
+                             neftune_noise_alpha=5.0)
+    trainer = ToolTuneTrainer(model=model, args=args, loraplus_lr_ratio=16.0)
+    groups = trainer.create_optimizer().param_groups
+    by_lr = {g["lr"]: g["params"] for g in groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert set(by_lr) == {1e-3, 16e-3}
+    assert all("lora_B" in names[id(p)] for p in by_lr[16e-3]) and all("lora_A" in names[id(p)] for p in by_lr[1e-3])
+    assert sum(len(ps) for ps in by_lr.values()) == sum(p.requires_grad for p in model.parameters())
+    # NEFTune is the Trainer's own (transformers hooks the input embeddings while training): the flag must reach it
+    from tooltune.train.device import resolve_precision
+    from tooltune.train.plan import compute_plan
+    from tooltune.train.run import build_hf_arguments
+
+    _, _, finetune, training = parse_into(CLASSES, seed_argv(tiny_llama_dir, tmp_path, tmp_path / "x",
+                                                            neftune_noise_alpha=5, loraplus_lr_ratio=16))
+    assert finetune.loraplus_lr_ratio == 16
+    plan = compute_plan(samples=4, per_device_batch=1, gradient_accumulation=1, world_size=1, epochs=1, max_steps=-1,
+                        warmup_steps=0, warmup_ratio=0.0, tokens=10, trained_tokens=5)
+    assert build_hf_arguments(training, plan, resolve_precision(training), has_eval=False).neftune_noise_alpha == 5
+    # and both run end to end from the seed's command line
+    data_dir = write_mini_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    result = train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, out, max_steps=2, num_train_epochs=1,
+                                                  loraplus_lr_ratio=16, neftune_noise_alpha=5,
+                                                  gradient_checkpointing="false")))
+    assert result.plan.total_steps == 2 and (out / "adapter_model.safetensors").is_file()
+    with pytest.raises(Exception, match="--loraplus_lr_ratio must be > 0"):
+        train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, tmp_path / "bad", loraplus_lr_ratio=0)))

@@ -52,6 +52,9 @@ class FinetuningArguments:
     lora_alpha: int | None = field(default=None, metadata=_help("LoRA alpha (default: 2 × rank, as LLaMA-Factory)"))
     lora_dropout: float = field(default=0.0, metadata=_help("dropout on the LoRA input"))
     use_rslora: bool = field(default=False, metadata=_help("rank-stabilised LoRA scaling alpha/sqrt(r)"))
+    loraplus_lr_ratio: float | None = field(
+        default=None, metadata=_help("LoRA+: the B matrices learn at this many times the learning rate (e.g. 16)")
+    )
     additional_target: list[str] | None = field(
         default=None, metadata=_help("extra modules trained in full and saved with the adapter (e.g. embed_tokens)")
     )
@@ -78,6 +81,9 @@ class TrainArguments:
     warmup_steps: int = field(default=0, metadata=_help("optimizer steps of linear warmup (wins over warmup_ratio)"))
     warmup_ratio: float = field(default=0.0, metadata=_help("warmup as a share of total steps"))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    neftune_noise_alpha: float | None = field(
+        default=None, metadata=_help("NEFTune: uniform noise of this scale on the input embeddings while training")
+    )
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping norm"))
     optim: str = field(default="adamw_torch", metadata=_help("optimizer name as transformers spells it"))
     seed: int = field(default=42, metadata=_help("seed for LoRA init, data order and dropout"))
@@ -139,6 +145,9 @@ def validate(finetune: FinetuningArguments, training: TrainArguments) -> None:
         (training.save_steps >= 1, "--save_steps must be at least 1"),
         (finetune.lora_rank >= 1, "--lora_rank must be at least 1"),
         (0.0 <= finetune.lora_dropout < 1.0, "--lora_dropout must be in [0, 1)"),
+        (finetune.loraplus_lr_ratio is None or finetune.loraplus_lr_ratio > 0, "--loraplus_lr_ratio must be > 0"),
+        (training.neftune_noise_alpha is None or training.neftune_noise_alpha > 0,
+         "--neftune_noise_alpha must be > 0"),
         (not (training.bf16 and training.fp16), "--bf16 and --fp16 are exclusive: pick one"),
         (bool(finetune.lora_target), "--lora_target is empty: give module names or `all`"),
         (

@@ -109,6 +109,7 @@ def build_hf_arguments(training: TrainArguments, plan: TrainPlan, precision: Pre
         lr_scheduler_type=training.lr_scheduler_type,
         warmup_steps=plan.warmup_steps,
         weight_decay=training.weight_decay,
+        neftune_noise_alpha=training.neftune_noise_alpha,
         max_grad_norm=training.max_grad_norm,
         optim=training.optim,
         seed=training.seed,
@@ -271,6 +272,7 @@ def train(
         group_by_length=training_args.group_by_length,
         trained_positions_only=not training_args.full_logits,
         fused_head=fused_head,
+        loraplus_lr_ratio=finetune_args.loraplus_lr_ratio,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(JsonlLogCallback(output_dir))

@@ -5,7 +5,8 @@
 
 - ``compute_loss`` runs the LM head on trained positions only, fused with the loss (``tooltune.train.loss``);
 - ``_save_checkpoint`` writes into a staging folder and renames the finished checkpoint into place;
-- the train sampler can group samples by length with an order fixed by ``(seed, epoch)``.
+- the train sampler can group samples by length with an order fixed by ``(seed, epoch)``;
+- with ``loraplus_lr_ratio`` the optimizer gives the LoRA B matrices that multiple of the learning rate (LoRA+).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from tooltune.train.loss import TrainedPositionsHead, causal_lm_loss, find_lm_he
 
 class ToolTuneTrainer(Trainer):
     def __init__(self, *args: Any, trained_positions_only: bool = True, fused_head: bool = False,
-                 group_by_length: bool = False, **kwargs: Any):
+                 group_by_length: bool = False, loraplus_lr_ratio: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.loraplus_lr_ratio = loraplus_lr_ratio
         self.group_by_length = group_by_length
         self.tokens_seen = 0  # input tokens (no padding) processed by this process
         self.trained_tokens_seen = 0  # tokens whose label is trained
@@ -60,6 +62,21 @@ class ToolTuneTrainer(Trainer):
             # num_items_in_batch counts trained tokens on every process; DDP averages gradients over processes.
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    # ---- LoRA+: B learns faster than A (Hayou et al. 2024; LLaMA-Factory's loraplus_lr_ratio) ------------------
+    def create_optimizer(self) -> torch.optim.Optimizer:
+        if self.loraplus_lr_ratio is None or self.optimizer is not None:
+            return super().create_optimizer()
+        lr = self.args.learning_rate
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        b_matrices = [p for n, p in named if "lora_B" in n]
+        others = [p for n, p in named if "lora_B" not in n]
+        groups = [{"params": others, "lr": lr, "weight_decay": self.args.weight_decay},
+                  {"params": b_matrices, "lr": lr * self.loraplus_lr_ratio, "weight_decay": self.args.weight_decay}]
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls([g for g in groups if g["params"]], lr=lr, **optimizer_kwargs)
+        return self.optimizer
 
     # ---- logging: add token throughput to every log record ----------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
