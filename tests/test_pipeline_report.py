@@ -20,6 +20,18 @@ def test_wilson_interval_stays_inside_0_1_and_matches_known_values() -> None:
     assert format_rate(0, 0) == "-"
 
 
+def test_eval_chart_at_every_share(tmp_path: Path) -> None:
+    """19/19 once gave an upper error bar of -1e-14 from a twin of the interval without exact edges, and matplotlib
+    refused the chart — failing the report stage of a finished run. Every hits/cases for small n must draw."""
+    from tooltune.pipeline.report import plot_eval
+
+    for cases in (1, 19, 24, 29, 30):
+        rows = [{"model": f"m{hits}", "cases": cases, "format_valid": hits, "right_name": hits, "args_match": hits}
+                for hits in range(cases + 1)]
+        assert plot_eval(rows, tmp_path / f"eval{cases}.png")
+    assert plot_eval([{"model": "none", "cases": 0}], tmp_path / "empty.png")
+
+
 CALL_TEXT = '<tool_call>\n{"name": "convert_currency", "arguments": {"amount": 100}}\n</tool_call>'
 
 

@@ -8,30 +8,18 @@ Modelfile, how to serve it, a sample tool call, and every stage's wall time and 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 from tooltune.atomic import atomic_path, write_text
+from tooltune.eval.metrics import wilson_interval  # the one interval eval and the report share
 from tooltune.pipeline.memory import format_bytes
 
 REPORT_NAME = "report.md"
 LOSS_PNG = "loss.png"
 EVAL_PNG = "eval.png"
-Z_95 = 1.959964
 EVAL_COLUMNS = (("format_valid", "format-valid"), ("right_name", "right function"), ("args_match", "right arguments"))
-
-
-def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """95% Wilson score interval: unlike ±1.96·sqrt(p(1-p)/n) it stays inside [0, 1] at 0/30 and 30/30."""
-    if total <= 0:
-        return 0.0, 0.0
-    p = successes / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def format_rate(successes: int, total: int) -> str:
