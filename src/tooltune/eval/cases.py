@@ -15,6 +15,7 @@ conversation the model was trained on.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,18 @@ def call_category(calls: list[ToolCall], n_tools: int) -> str:
     return "parallel" if len({c.name for c in calls}) == 1 else "parallel_multiple"
 
 
-def cases_from_conversation(conv: Conversation) -> list[Case]:
+# How a case offers a conversation's tools to the model: by default as the data gives them, wrapped when bare (what
+# LLaMA-Factory's layouts render); the pipeline passes its training template's view when that differs.
+ToolView = Callable[[Tool], dict[str, Any]]
+
+
+def given_tool(tool: Tool) -> dict[str, Any]:
+    return openai_tool(tool.spec)
+
+
+def cases_from_conversation(conv: Conversation, tool_view: ToolView = given_tool) -> list[Case]:
     """One case per assistant turn: the messages before it, the tools, and its calls or text."""
-    tools = [openai_tool(t.spec) for t in conv.tools]
+    tools = [tool_view(t) for t in conv.tools]
     try:
         functions = [checked_function(t) for t in conv.tools]
     except ConversationError as exc:
@@ -134,8 +144,8 @@ def cases_from_conversation(conv: Conversation) -> list[Case]:
     return cases
 
 
-def cases_from_conversations(conversations: list[Conversation]) -> list[Case]:
-    return [case for conv in conversations for case in cases_from_conversation(conv)]
+def cases_from_conversations(conversations: list[Conversation], tool_view: ToolView = given_tool) -> list[Case]:
+    return [case for conv in conversations for case in cases_from_conversation(conv, tool_view)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -280,9 +290,10 @@ def load_cases(
     dataset_dir: str | None = None,
     categories: list[str] | None = None,
     max_cases: int | None = None,
+    tool_view: ToolView = given_tool,
 ) -> list[Case]:
     """Cases from ``tooltune.data.DataArguments``, a dataset name/path, a BFCL question file, or a saved
-    ``cases.json``.
+    ``cases.json``. ``tool_view`` shapes a dataset's tools for the prompt (BFCL and saved cases keep theirs).
 
     ``split="val"`` keeps only the held-out conversations of ``split_train_val(val_size, seed)`` (the values given
     here override those in the DataArguments); ``None`` uses every record. ``max_cases`` keeps the first N cases.
@@ -320,7 +331,7 @@ def load_cases(
             if not args.val_size:
                 raise CaseError("--split val needs the val_size training used (e.g. --val_size 0.1)")
             conversations = split_train_val(conversations, args.val_size, args.seed)[1]
-        cases = cases_from_conversations(conversations)
+        cases = cases_from_conversations(conversations, tool_view)
     if categories:
         cases = [c for c in cases if c.category in categories]
     if max_cases is not None:

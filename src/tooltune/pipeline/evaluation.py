@@ -27,16 +27,30 @@ def eval_chat_template(config: PipelineConfig) -> str | None:
 
 def eval_cases(config: PipelineConfig) -> list[Any]:
     from tooltune.eval import load_cases
+    from tooltune.eval.cases import given_tool
 
     p = config.pipeline
+    # The held-out prompts offer the tools as training's template was given them: LLaMA-Factory's qwen layout as the
+    # data has them; a Jinja template (a family's, the tokenizer's own) as clients send them — the seed's list of
+    # parameters then becomes an OpenAI schema in both.
+    template = config.data.template
+    if template == "qwen":
+        tool_view = given_tool
+    else:
+        from tooltune.templates.jinja import offered_tool
+
+        def tool_view(tool: Any) -> dict[str, Any]:
+            return offered_tool(tool, template)
     if p.eval_dataset:
         return load_cases(
             p.eval_dataset,
             dataset_dir=config.data.dataset_dir,
             categories=p.eval_categories or None,
             max_cases=p.eval_max_cases,
+            tool_view=tool_view,
         )
-    return load_cases(config.data, split="val", categories=p.eval_categories or None, max_cases=p.eval_max_cases)
+    return load_cases(config.data, split="val", categories=p.eval_categories or None, max_cases=p.eval_max_cases,
+                      tool_view=tool_view)
 
 
 def base_target(ctx: StageContext) -> Path:

@@ -62,6 +62,13 @@ def as_client_sends(tool: Tool) -> dict[str, Any]:
     return tool.to_openai()
 
 
+def offered_tool(tool: Tool, template_name: str) -> dict[str, Any]:
+    """A tool as a Jinja chat template is handed it, in training and in the held-out prompts alike: the families'
+    templates read the OpenAI shape serving clients send; the tokenizer's own (``jinja``) gets tools as clients send
+    them (``as_client_sends``: keys of a schema left untouched)."""
+    return as_client_sends(tool) if template_name == "jinja" else tool.to_openai()
+
+
 def with_call_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Give calls without an id a 9-character one (Mistral's templates refuse others) and point each tool result
     without ``tool_call_id`` at the oldest unanswered call, so data without ids (glaive, ShareGPT) renders."""
@@ -139,11 +146,8 @@ class JinjaTemplate(Template):
         if self.thinking == "off" and self.family is not None and self.family.thinks:
             extra["enable_thinking"] = False
         tools = conv.template_tools()
-        if tools and self.name != "jinja":
-            # Family templates read tools the way serving clients send them (OpenAI's {"type", "function"} shape).
-            tools = [tool.to_openai() for tool in conv.tools]
-        elif tools:
-            tools = [as_client_sends(tool) for tool in conv.tools]
+        if tools:
+            tools = [offered_tool(tool, self.name) for tool in conv.tools]
         try:
             return chat_template.render(
                 self.source,
