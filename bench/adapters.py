@@ -164,6 +164,11 @@ class ReserveLog:
         llama_cpp.llama_log_set(llama_log_callback, None)
 
 
+def switch_pools() -> dict[tuple[str, str], list[float]]:
+    """Empty (model, previous model) pools of request times, for ``paired_switch_cost``."""
+    return {(model, previous): [] for model in ("tool", "base") for previous in ("tool", "base")}
+
+
 def paired_switch_cost(latencies: dict[tuple[str, str], list[float]]) -> dict[str, float]:
     """Medians (ms) of each (model, previous model) pool and the per-switch cost paired by model.
 
@@ -209,8 +214,8 @@ def switch_costs(llm, prompt: list[int], switches: int) -> dict[str, float]:  # 
     llm.eval(prompt)
     clear()
     log = ReserveLog()
-    latencies: dict[tuple[str, str], list[float]] = {(m, p): [] for m in ("tool", "base") for p in ("tool", "base")}
-    cpu_times: dict[tuple[str, str], list[float]] = {key: [] for key in latencies}
+    latencies = switch_pools()
+    cpu_times = switch_pools()
     try:
         previous = "base"
         for step in range(2 * switches):
@@ -282,8 +287,8 @@ def server_switch_cost(base: Path, adapter: Path, threads: int, requests: int) -
                 raise SystemExit("tooltune serve did not come up")
             time.sleep(0.3)
         words = ["apple", "river", "stone", "cloud", "maple", "tiger", "ocean", "piano", "lemon", "castle"]
-        latencies: dict[tuple[str, str], list[float]] = {(m, p): [] for m in ("tool", "base") for p in ("tool", "base")}
-        cpu_times: dict[tuple[str, str], list[float]] = {key: [] for key in latencies}
+        latencies = switch_pools()
+        cpu_times = switch_pools()
         has_proc = Path(f"/proc/{process.pid}/task").is_dir()
         previous = "base"
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -493,8 +498,9 @@ def shape_rows(name: str, files: dict[str, Path], kind: str, args: argparse.Name
 
 
 def shapes_table(args: argparse.Namespace) -> None:
-    """The decode ratio vs model size: llama.cpp adds four graph nodes per adapted matrix whatever its size, so the
-    ratio should rise toward 1 as the matmuls grow and the nodes' fixed cost becomes a smaller share."""
+    """The decode ratio vs model size, all seven projections vs q,v only, per tensor type: whether the adapter's
+    cost is a fixed per-node one (the ratio would rise toward 1 with size) or grows with the LoRA products (it does
+    not, on a Q4_K_M base: docs/gguf.md)."""
     from tooltune.default_model import cache_dir
 
     root = args.work or cache_dir() / "bench" / "adapters-shapes"

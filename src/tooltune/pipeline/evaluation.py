@@ -7,6 +7,7 @@ chat template has no tools, and scoring it without them would make any "improvem
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,10 @@ def eval_cases(config: PipelineConfig) -> list[Any]:
     # The held-out prompts offer the tools as training's template was given them: LLaMA-Factory's qwen layout as the
     # data has them; a Jinja template (a family's, the tokenizer's own) as clients send them — the seed's list of
     # parameters then becomes an OpenAI schema in both.
-    template = config.data.template
-    if template == "qwen":
-        tool_view = given_tool
-    else:
-        from tooltune.templates.jinja import offered_tool
+    from tooltune.templates.jinja import offered_tool
 
-        def tool_view(tool: Any) -> dict[str, Any]:
-            return offered_tool(tool, template)
+    template = config.data.template
+    tool_view = given_tool if template == "qwen" else partial(offered_tool, template_name=template)
     if p.eval_dataset:
         return load_cases(
             p.eval_dataset,

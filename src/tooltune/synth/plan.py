@@ -1,8 +1,7 @@
 """The coverage plan: which samples to write, decided before any is written.
 
-Per callable tool and language:
-
 Counts are ``counts`` with the tool's ``tool_counts`` over them; a pair's parallel count is the smaller of its tools'.
+Per callable tool and language:
 
 * ``single``: ``max(counts.single, largest enum, ways of calling)`` samples; sample *i* takes the *i*-th value of every
   enum argument (so each enum value appears) and the *i*-th slot set (so each optional argument is both present and
