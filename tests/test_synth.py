@@ -101,6 +101,17 @@ def test_every_pattern_is_generated_and_verified_seed_tools(tmp_path: Path) -> N
             seen = {c["arguments"][arg] for c in flat if c["name"] == tool.name and arg in c["arguments"]}
             assert set(values.enum) <= seen, (tool.name, arg)
     assert {s.item.pattern for s in result.test} == {"single", "clarify", "result", "parallel", "no_call"}
+    # generated calls write their arguments in the order the tool's schema lists them (the hand-written examples
+    # keep the user's order): alphabetical calls taught the model to open with `content` and drop the rest
+    schema_order = {tool.name: list(tool.schema["properties"]) for tool in spec.tools}
+    generated = [json.loads(t["value"]) for s in kept if s.item.pattern != "example" for t in s.turns
+                 if t["from"] == "function_call"]
+    checked = 0
+    for call in (c for value in generated for c in (value if isinstance(value, list) else [value])):
+        keys = list(call["arguments"])
+        assert keys == sorted(keys, key=schema_order[call["name"]].index), call
+        checked += len(keys) > 1
+    assert checked > 20
     # clarification dialogues: user opener → assistant asks → user gives the value → call with it
     clarify = next(s for s in result.train if s.item.pattern == "clarify" and s.item.tool == "HandleTongzhiTonggao")
     roles = [t["from"] for t in clarify.turns]

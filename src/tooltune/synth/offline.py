@@ -114,6 +114,12 @@ class OfflineGenerator:
             value = choices[(item.index + zlib.crc32(f"{item.pattern}:{tool.name}".encode())) % len(choices)]
             arguments[arg] = _typed(value, tool.schema["properties"].get(arg, {}))
             words[arg] = value
+        # Values are chosen in name order (the enum walk above depends on it) but written in the schema's order:
+        # a model writes its arguments in the order the tool lists them, so the first key it learns is the first
+        # parameter. Alphabetical calls taught SmolLM2 to open with `content`, close the object there, and drop
+        # `operation` and `type` (the seed's curl).
+        order = list(tool.schema.get("properties", {}))
+        arguments = dict(sorted(arguments.items(), key=lambda item: _schema_rank(order, item[0])))
         return arguments, words
 
     def _utterance(self, tool: ToolPlanInfo, slots: frozenset[str], words: dict[str, str], item: PlanItem,
@@ -238,6 +244,10 @@ def _is_json(text: str) -> bool:
     except json.JSONDecodeError:
         return False
     return True
+
+
+def _schema_rank(order: list[str], name: str) -> tuple[int, str]:
+    return (order.index(name), name) if name in order else (len(order), name)
 
 
 def _typed(value: str, schema: dict[str, Any]) -> Any:
