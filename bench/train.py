@@ -15,6 +15,8 @@ Each configuration runs in its own process (peak RSS = that process's ``ru_maxrs
                       checkpointing of only as many layers as memory needs (``--checkpoint_layers auto``; set
                       BENCH_CHECKPOINT_LAYERS to try a number), length-grouped batches, THP-backed allocations
     tooltune-nogc     the same without gradient checkpointing (faster, more memory; only with --variants)
+    tooltune-cached   tooltune-nogc plus ``--cache_prompt``: each batch's prompt runs once without gradients (an
+                      approximation of the gradient, docs/train.md; only with --variants)
 
 Usage: python bench/train.py [--samples 32] [--threads 1] [--lf-python /tmp/lfenv/bin/python]
 """
@@ -81,8 +83,9 @@ def worker_tooltune(model: str, samples: int, out: str, variant: str) -> dict:
     from tooltune.train.callbacks import read_log
 
     _time_trainer_train()
-    fast = variant in ("tooltune", "tooltune-nogc")
-    checkpointing = variant != "tooltune-nogc"
+    fast = variant in ("tooltune", "tooltune-nogc", "tooltune-cached")
+    checkpointing = variant == "tooltune"
+    cached = variant == "tooltune-cached"
     argv = [
         "--model_name_or_path",
         model,
@@ -125,6 +128,8 @@ def worker_tooltune(model: str, samples: int, out: str, variant: str) -> dict:
         str(not fast).lower(),
         "--checkpoint_layers",
         os.environ.get("BENCH_CHECKPOINT_LAYERS", "auto") if fast else "all",
+        "--cache_prompt",
+        str(cached).lower(),
     ]
     classes = (ModelArguments, DataArguments, FinetuningArguments, TrainArguments)
     result = train(*parse_into(classes, argv), console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
@@ -243,7 +248,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every run (same on both sides)")
     parser.add_argument("--model", default=None, help="HF dir (default: the embedded SmolLM2-135M, imported)")
     parser.add_argument("--lf-python", default="/tmp/lfenv/bin/python", help="python of a venv with llamafactory")
-    parser.add_argument("--variants", default="tooltune-before,tooltune", help="tooltune runs (+ tooltune-nogc)")
+    parser.add_argument(
+        "--variants", default="tooltune-before,tooltune", help="tooltune runs (+ tooltune-nogc, tooltune-cached)"
+    )
     parser.add_argument("--no-lf", action="store_true", help="skip the LLaMA-Factory run")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of all runs (median time, worst peak memory)")
     parser.add_argument("--worker", choices=["tooltune", "llamafactory"], help=argparse.SUPPRESS)

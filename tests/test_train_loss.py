@@ -160,3 +160,80 @@ def test_qlora_on_cpu_is_refused_without_importing_bitsandbytes():
     cpu = Precision("cpu", "cpu", torch.float32, bf16=False, fp16=False)
     with pytest.raises(TrainConfigError, match="CUDA"):
         _quantization_kwargs(4, cpu)
+
+
+def _prompt_heavy_batch(vocab: int) -> dict[str, torch.Tensor]:
+    """Two samples of different lengths whose prompts (untrained) are 30 and 24 tokens, right-padded."""
+    g = torch.Generator().manual_seed(2)
+    samples = []
+    for length, trained in ((40, [(30, 35), (38, 40)]), (33, [(24, 33)])):
+        ids = torch.randint(5, vocab, (length,), generator=g).tolist()
+        labels = [-100] * length
+        for start, end in trained:
+            labels[start:end] = ids[start:end]
+        samples.append(Sample(ids, labels))
+    dataset = EncodedDataset(samples)
+    return PadToLongestCollator(pad_token_id=0)([dataset[i] for i in range(len(dataset))])
+
+
+def _one_layer_lora(model_dir, targets):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.num_hidden_layers = 1
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(r=4, target_modules=list(targets)))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return model.train()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cached_prompt_gives_the_same_loss_and_the_trained_part_gradient(tiny_llama_dir, fused):
+    """One decoder layer with LoRA off the key/value projections: the prompt's keys and values do not depend on any
+    trained weight, so the cached-prompt gradient must equal the full one exactly. With k/v trained, the loss is still
+    the same and only the k/v adapters' gradients differ (the path through the prompt is what is left out)."""
+    exact = ("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    for targets, same_gradient in ((exact, True), (("q_proj", "k_proj", "v_proj"), False)):
+        model = _one_layer_lora(tiny_llama_dir, targets)
+        batch = _prompt_heavy_batch(model.config.vocab_size)
+        params = [p for p in model.parameters() if p.requires_grad]
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        head = TrainedPositionsHead(find_lm_head(model), fused=fused)
+        full_loss, _, full_trained = causal_lm_loss(model, batch, head, 20)
+        full_grads = torch.autograd.grad(full_loss, params)
+        calls: list[int] = []
+
+        def record_length(module, args, kwargs, calls=calls):
+            calls.append(kwargs["input_ids"].shape[1])
+
+        hook = model.get_base_model().model.register_forward_pre_hook(record_length, with_kwargs=True)
+        cached_loss, _, cached_trained = causal_lm_loss(model, batch, head, 20, cache_prompt=True)
+        hook.remove()
+        cached_grads = torch.autograd.grad(cached_loss, params)
+        head.remove()
+        assert calls == [23, 40 - 23]  # the prompt once, without gradients; then the rest of the batch
+        assert cached_trained == full_trained == 5 + 2 + 9
+        torch.testing.assert_close(cached_loss, full_loss, rtol=1e-5, atol=1e-6)
+        for name, cached, full in zip(names, cached_grads, full_grads, strict=True):
+            assert torch.isfinite(cached).all() and cached.abs().sum() > 0, name
+            if same_gradient or not ("k_proj" in name or "v_proj" in name):
+                torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-6, msg=name)
+        if not same_gradient:
+            assert any(not torch.allclose(c, f, rtol=1e-3, atol=1e-6) for n, c, f
+                       in zip(names, cached_grads, full_grads, strict=True) if "v_proj" in n)
+
+
+def test_cached_prompt_is_off_in_eval_and_for_short_prompts(tiny_llama_dir):
+    model = _one_layer_lora(tiny_llama_dir, ("q_proj",))
+    batch = _batch(model.config.vocab_size)  # first trained position 7: below MIN_CACHED_PROMPT
+    calls = []
+    hook = model.get_base_model().model.register_forward_pre_hook(lambda *a: calls.append(1))
+    causal_lm_loss(model, batch, None, cache_prompt=True)
+    model.eval()
+    causal_lm_loss(model, _prompt_heavy_batch(model.config.vocab_size), None, cache_prompt=True)
+    hook.remove()
+    assert calls == [1, 1]  # one forward each: nothing cut

@@ -179,3 +179,25 @@ def test_loraplus_and_neftune(tmp_path, tiny_llama_dir):
     assert result.plan.total_steps == 2 and (out / "adapter_model.safetensors").is_file()
     with pytest.raises(Exception, match="--loraplus_lr_ratio must be > 0"):
         train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, tmp_path / "bad", loraplus_lr_ratio=0)))
+
+
+def test_cache_prompt_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
+    """--cache_prompt through the whole training path (batches of 2 with right padding, accumulation): the first
+    step's loss is the full pass's to float precision, an adapter is written, and the settings it cannot serve
+    are refused with the flag to change."""
+    data_dir = write_mini_dataset(tmp_path / "data")
+
+    def first_losses(out, **flags):
+        train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, out, max_steps=2, num_train_epochs=1,
+                                              gradient_checkpointing="false", **flags)))
+        assert (out / "adapter_model.safetensors").is_file()
+        return [r["loss"] for r in read_log(out / "trainer_log.jsonl") if "loss" in r]
+
+    full = first_losses(tmp_path / "full")
+    cached = first_losses(tmp_path / "cached", cache_prompt="true")
+    assert len(cached) == 2 and cached[0] == pytest.approx(full[0], rel=1e-4)
+    with pytest.raises(Exception, match="--cache_prompt needs gradient checkpointing off"):
+        train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, tmp_path / "ckpt", cache_prompt="true")))
+    with pytest.raises(Exception, match="--cache_prompt and --packing exclude each other"):
+        train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, tmp_path / "packed", cache_prompt="true",
+                                              packing="true", gradient_checkpointing="false")))

@@ -107,6 +107,15 @@ class TrainArguments:
         default=False,
         metadata=_help("run the LM head on every position, not just trained ones (slower; for comparison)"),
     )
+    cache_prompt: bool = field(
+        default=False,
+        metadata=_help(
+            "run each batch's prompt (the tokens before its first trained one) without gradients and attend to its "
+            "cached keys/values: same loss, 1.3-1.9x faster on tool prompts, but the gradient skips the prompt's "
+            "activations (measured: fewer right arguments at the same steps; docs/train.md). Needs gradient "
+            "checkpointing off"
+        ),
+    )
     logging_steps: int = field(default=10, metadata=_help("log loss/lr every N optimizer steps"))
     save_steps: int = field(default=500, metadata=_help("write a checkpoint every N optimizer steps"))
     save_total_limit: int | None = field(default=None, metadata=_help("keep only the newest N checkpoints"))
@@ -149,6 +158,13 @@ def validate(finetune: FinetuningArguments, training: TrainArguments) -> None:
         (training.neftune_noise_alpha is None or training.neftune_noise_alpha > 0,
          "--neftune_noise_alpha must be > 0"),
         (not (training.bf16 and training.fp16), "--bf16 and --fp16 are exclusive: pick one"),
+        (
+            not training.cache_prompt
+            or training.disable_gradient_checkpointing
+            or not training.gradient_checkpointing,
+            "--cache_prompt needs gradient checkpointing off (--disable_gradient_checkpointing true): a recomputed "
+            "layer cannot attend to the cached prompt",
+        ),
         (bool(finetune.lora_target), "--lora_target is empty: give module names or `all`"),
         (
             training.report_to in ("none", "tensorboard"),

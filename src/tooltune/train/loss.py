@@ -14,8 +14,17 @@ logits' gradient). Two steps remove that:
    beyond one chunk. The model's forward then returns the summed loss where the logits would be.
 
 Both live inside the model's own forward, so DDP/FSDP wrappers, gradient checkpointing and PEFT see an ordinary
-forward pass. A model that post-processes its logits (soft-capping, scaling) would turn the fused loss into nonsense,
-so ``fused_head_matches`` compares both paths on a short input before the fused one is used.
+forward pass.
+
+With ``cache_prompt`` a third step cuts the prompt's backward pass: the tokens before the batch's first trained
+position run once without gradients, and the rest of the sample attends to their cached keys and values. The loss is
+the same number; the gradient leaves out the path through the prompt's own activations (the prompt is read as in
+inference, and the LoRA weights learn from the trained part only). A tool-calling prompt is mostly tool schemas —
+88% of the tokens of the seed's tools, 43% of glaive's — so that is where the time goes; docs/train.md has what the
+approximation costs in accuracy (it is off by default).
+
+A model that post-processes its logits (soft-capping, scaling) would turn the fused loss into nonsense, so
+``fused_head_matches`` compares both paths on a short input before the fused one is used.
 """
 
 from __future__ import annotations
@@ -129,21 +138,83 @@ def lm_head_is_frozen(lm_head: nn.Module) -> bool:
     return not any(p.requires_grad for p in lm_head.parameters())
 
 
+# A prompt shorter than this is not worth a second forward call.
+MIN_CACHED_PROMPT = 16
+
+
+def untrained_prefix(mask: torch.Tensor) -> int:
+    """Positions before the first one (over the whole batch) whose next token is trained."""
+    rows = mask.any(dim=1)
+    if not bool(rows.any()):
+        return 0
+    return int(mask[rows].int().argmax(dim=1).min())
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    """transformers 5 names the KV cache argument ``cache``; earlier releases ``past_key_values``."""
+    import inspect
+
+    while isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def run_prompt_cached(
+    model: nn.Module, model_inputs: dict[str, torch.Tensor], mask: torch.Tensor, head: TrainedPositionsHead | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Run the batch's untrained prefix without gradients and return the inputs for the rest (attending to the
+    prefix's cached keys/values) with the trained-position mask cut to match. Nothing to cut: inputs unchanged."""
+    prefix = untrained_prefix(mask)
+    if prefix < MIN_CACHED_PROMPT or "position_ids" in model_inputs or "inputs_embeds" in model_inputs:
+        return model_inputs, mask
+    input_ids = model_inputs["input_ids"]
+    attention_mask = model_inputs.get("attention_mask")
+    if attention_mask is not None and not bool(attention_mask[:, :prefix].all()):
+        return model_inputs, mask  # left padding: positions would need the mask; run the sample whole
+    keyword = _cache_keyword(model)
+    if head is not None:
+        head.mask = torch.zeros((input_ids.shape[0], prefix), dtype=torch.bool, device=input_ids.device)
+    try:
+        with torch.no_grad():
+            prefix_inputs = {"input_ids": input_ids[:, :prefix], "use_cache": True}
+            if attention_mask is not None:
+                prefix_inputs["attention_mask"] = attention_mask[:, :prefix]
+            outputs = model(**prefix_inputs)
+    finally:
+        if head is not None:
+            head.mask = None
+    cache = getattr(outputs, "cache", None)
+    if cache is None:
+        cache = getattr(outputs, "past_key_values", None)
+    if cache is None:
+        raise RuntimeError("cache_prompt: the model returned no key/value cache for the prompt")
+    rest = {"input_ids": input_ids[:, prefix:], keyword: cache, "use_cache": True}
+    if attention_mask is not None:
+        rest["attention_mask"] = attention_mask  # prefix + rest: the model masks the rest's padding with it
+    return rest, mask[:, prefix:]
+
+
 def causal_lm_loss(
     model: nn.Module,
     inputs: dict[str, torch.Tensor],
     head: TrainedPositionsHead | None,
     num_items_in_batch: int | torch.Tensor | None = None,
+    cache_prompt: bool = False,
 ) -> tuple[torch.Tensor, Any, int]:
     """Sum of next-token cross-entropy over trained positions, divided by ``num_items_in_batch`` (the trained tokens
     across the accumulated batch, as transformers counts them) or by this batch's count.
 
     Returns ``(loss, model outputs, trained tokens in this batch)``. With ``head`` None the full logits are computed
-    (the reference path, and the fallback for architectures the hook cannot serve).
+    (the reference path, and the fallback for architectures the hook cannot serve). ``cache_prompt``: the untrained
+    prefix runs without gradients (module docstring).
     """
     labels = inputs["labels"]
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     mask, targets = next_token_targets(labels)
+    if cache_prompt and model.training:
+        model_inputs, mask = run_prompt_cached(model, model_inputs, mask, head)
     if head is not None:
         head.mask = mask
         head.targets = targets if head.fused else None

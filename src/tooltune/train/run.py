@@ -205,6 +205,9 @@ def train(
     precision = resolve_precision(training_args)
     if data_args.cutoff_len < 2:
         raise TrainConfigError("--cutoff_len must be at least 2")
+    if training_args.cache_prompt and data_args.packing:
+        raise TrainConfigError("--cache_prompt and --packing exclude each other: a packed block has one prompt per "
+                               "sample, and only the first could be cached")
     started = time.monotonic()
     state = _distributed_state(training_args, precision)
     main = state.is_main_process
@@ -273,6 +276,7 @@ def train(
         trained_positions_only=not training_args.full_logits,
         fused_head=fused_head,
         loraplus_lr_ratio=finetune_args.loraplus_lr_ratio,
+        cache_prompt=training_args.cache_prompt,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(JsonlLogCallback(output_dir))

@@ -1,11 +1,12 @@
 """LoRA SFT on transformers' Trainer + peft, with the loss on trained positions only and atomic checkpoints.
 
-``ToolTuneTrainer`` changes three things in the stock Trainer and nothing else, so ``accelerate launch`` /
+``ToolTuneTrainer`` changes a few things in the stock Trainer and nothing else, so ``accelerate launch`` /
 ``torchrun`` / DeepSpeed / FSDP work as they do upstream:
 
 - ``compute_loss`` runs the LM head on trained positions only, fused with the loss (``tooltune.train.loss``);
 - ``_save_checkpoint`` writes into a staging folder and renames the finished checkpoint into place;
 - the train sampler can group samples by length with an order fixed by ``(seed, epoch)``;
+- with ``cache_prompt`` each batch's untrained prompt runs without gradients (``tooltune.train.loss``);
 - with ``loraplus_lr_ratio`` the optimizer gives the LoRA B matrices that multiple of the learning rate (LoRA+).
 """
 
@@ -25,8 +26,10 @@ from tooltune.train.loss import TrainedPositionsHead, causal_lm_loss, find_lm_he
 
 class ToolTuneTrainer(Trainer):
     def __init__(self, *args: Any, trained_positions_only: bool = True, fused_head: bool = False,
-                 group_by_length: bool = False, loraplus_lr_ratio: float | None = None, **kwargs: Any):
+                 group_by_length: bool = False, loraplus_lr_ratio: float | None = None, cache_prompt: bool = False,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.cache_prompt = cache_prompt
         self.loraplus_lr_ratio = loraplus_lr_ratio
         self.group_by_length = group_by_length
         self.tokens_seen = 0  # input tokens (no padding) processed by this process
@@ -50,7 +53,7 @@ class ToolTuneTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        loss, outputs, trained = causal_lm_loss(model, inputs, self.head, num_items_in_batch)
+        loss, outputs, trained = causal_lm_loss(model, inputs, self.head, num_items_in_batch, self.cache_prompt)
         if model.training:
             self.tokens_seen += (
                 int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
