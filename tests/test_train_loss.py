@@ -31,10 +31,12 @@ def _tiny_lora(model_dir, targets=("q_proj", "v_proj")):
     return peft_model
 
 
-def _batch(vocab: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
+def _batch(vocab: int, shapes=((23, [(8, 14), (18, 23)]), (15, [(10, 15)]), (9, [])), seed: int = 1,
+           ) -> dict[str, torch.Tensor]:
+    """Random samples of the given (length, trained spans), right-padded by the training collator."""
+    g = torch.Generator().manual_seed(seed)
     samples = []
-    for length, trained in ((23, [(8, 14), (18, 23)]), (15, [(10, 15)]), (9, [])):
+    for length, trained in shapes:
         ids = torch.randint(5, vocab, (length,), generator=g).tolist()
         labels = [-100] * length
         for start, end in trained:
@@ -164,16 +166,7 @@ def test_qlora_on_cpu_is_refused_without_importing_bitsandbytes():
 
 def _prompt_heavy_batch(vocab: int) -> dict[str, torch.Tensor]:
     """Two samples of different lengths whose prompts (untrained) are 30 and 24 tokens, right-padded."""
-    g = torch.Generator().manual_seed(2)
-    samples = []
-    for length, trained in ((40, [(30, 35), (38, 40)]), (33, [(24, 33)])):
-        ids = torch.randint(5, vocab, (length,), generator=g).tolist()
-        labels = [-100] * length
-        for start, end in trained:
-            labels[start:end] = ids[start:end]
-        samples.append(Sample(ids, labels))
-    dataset = EncodedDataset(samples)
-    return PadToLongestCollator(pad_token_id=0)([dataset[i] for i in range(len(dataset))])
+    return _batch(vocab, ((40, [(30, 35), (38, 40)]), (33, [(24, 33)])), seed=2)
 
 
 def _one_layer_lora(model_dir, targets):
