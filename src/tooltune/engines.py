@@ -52,6 +52,12 @@ class SamplingParams:
     grammar: str | None = None  # GBNF text; only the llama.cpp engine can honour it
     n_ctx: int | None = None  # Ollama's num_ctx: this request's context window (None: the engine's)
     adapter: str | None = None  # served model name whose LoRA adapters apply (None: the base model alone)
+    # Constrained tool calls when the model decides (tool_choice auto): the text is free until the model writes
+    # ``call_trigger`` (the family's call opener, e.g. <tool_call>); from there on ``call_grammar`` (GBNF for what
+    # follows the opener) holds it to the offered tools' schemas, as llama.cpp's server does with its lazy grammars.
+    # llama.cpp only, and only without ``grammar`` (a grammar from the start already decides everything).
+    call_trigger: str | None = None
+    call_grammar: str | None = None
 
 
 @dataclass
@@ -100,6 +106,31 @@ class _StopMatcher:
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
+
+
+class CallOpenerWatch:
+    """Watches generated text for the opener of a tool call (``SamplingParams.call_trigger``).
+
+    ``push`` returns True once, for the token that completes the opener, when the call grammar can take over from
+    there: nothing but whitespace may follow the opener in that token (the grammar starts after the opener and
+    allows leading whitespace; a token that already wrote more of the call leaves this reply unconstrained)."""
+
+    def __init__(self, trigger: str | None) -> None:
+        self.trigger = trigger or ""
+        self.text = ""
+        self.done = not self.trigger
+
+    def push(self, piece: str) -> bool:
+        if self.done:
+            return False
+        self.text += piece
+        at = self.text.find(self.trigger)
+        if at < 0:
+            # Only a tail that could still be the opener's start needs keeping.
+            self.text = self.text[-(len(self.trigger) - 1):] if len(self.trigger) > 1 else ""
+            return False
+        self.done = True
+        return not self.text[at + len(self.trigger):].strip()
 
 
 class Engine:
@@ -359,6 +390,9 @@ class LlamaCppEngine(Engine):
         self._use_adapter(params.adapter)
         max_tokens = min(params.max_tokens, window - len(tokens))
         grammar = self._compile_grammar(params.grammar) if params.grammar else None
+        lazy = bool(params.call_grammar and params.call_trigger and grammar is None)
+        call_grammar = self._compile_grammar(params.call_grammar) if lazy else None
+        opener = CallOpenerWatch(params.call_trigger if lazy else None)
         self.llm.set_seed(params.seed)
         stop = _StopMatcher(self._stops(params))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -367,37 +401,44 @@ class LlamaCppEngine(Engine):
         completion: list[int] = []
         text_parts: list[str] = []
         finish: Literal["stop", "length"] = "length"
-        generator = self.llm.generate(
-            tokens,
-            top_k=params.top_k if params.top_k > 0 else 0,
-            top_p=params.top_p,
-            min_p=0.0,
-            temp=params.temperature,
-            repeat_penalty=params.repeat_penalty,
-            grammar=grammar,
-            reset=True,
-        )
+
+        def tokens_from(active_grammar: Any) -> Any:
+            # A restart after the call opener re-reads nothing: llama-cpp-python keeps the evaluated prefix
+            # (prompt + completion so far) and evaluates only the token it has not seen.
+            return self.llm.generate(tokens + completion, top_k=params.top_k if params.top_k > 0 else 0,
+                                     top_p=params.top_p, min_p=0.0, temp=params.temperature,
+                                     repeat_penalty=params.repeat_penalty, grammar=active_grammar, reset=True)
+
+        generator = tokens_from(grammar)
         try:
-            for token in generator:
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                if self._is_end_of_generation(token):
-                    finish = "stop"
-                    break
-                completion.append(token)
-                piece = decoder.decode(self.llm.detokenize([token], prev_tokens=tokens + completion[:-1],
-                                                           special=token in self._preserved))
-                emit, stopped = stop.push(piece)
-                if emit:
-                    text_parts.append(emit)
-                    yield Chunk(emit)
-                if stopped:
-                    finish = "stop"
-                    break
-                if len(completion) >= max_tokens:
-                    break
+            while generator is not None:
+                switch = False
+                for token in generator:
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    if self._is_end_of_generation(token):
+                        finish = "stop"
+                        break
+                    completion.append(token)
+                    piece = decoder.decode(self.llm.detokenize([token], prev_tokens=tokens + completion[:-1],
+                                                               special=token in self._preserved))
+                    emit, stopped = stop.push(piece)
+                    if emit:
+                        text_parts.append(emit)
+                        yield Chunk(emit)
+                    if stopped:
+                        finish = "stop"
+                        break
+                    if len(completion) >= max_tokens:
+                        break
+                    if opener.push(piece):
+                        switch = True
+                        break
+                generator.close()
+                generator = tokens_from(call_grammar) if switch else None
         finally:
-            generator.close()
+            if generator is not None:
+                generator.close()
         tail = decoder.decode(b"", final=True) + (stop.flush() if finish == "length" else "")
         if tail:
             text_parts.append(tail)

@@ -125,6 +125,7 @@ def run_eval(
     n_ctx: int = 4096,
     plot: bool = True,
     progress: bool = True,
+    constrain_calls: bool = True,
 ) -> None:
     from tooltune.eval import evaluate
 
@@ -145,6 +146,7 @@ def run_eval(
         seed=sampling_seed,
         n_ctx=n_ctx,
         plot=plot,
+        constrain_calls=constrain_calls,
     )
 
 
@@ -202,6 +204,11 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default, deterministic)."),
         sampling_seed: int = typer.Option(0, "--sampling_seed", "--sampling-seed", help="Decoding seed."),
         n_ctx: int = typer.Option(4096, "--n_ctx", "--n-ctx", help="Context length for model files."),
+        constrain_calls: bool = typer.Option(
+            True, "--constrain-calls/--no-constrain-calls", "--constrain_calls/--no_constrain_calls",
+            help="Model files on llama.cpp: a call the model opens is held to the tools' schemas, as `tooltune "
+            "serve` serves it; --no-constrain-calls scores calls as the model writes them.",
+        ),
         no_plot: bool = typer.Option(False, "--no-plot", "--no_plot", help="Skip report.png."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         compare: tuple[Path, Path] | None = typer.Option(
@@ -231,4 +238,5 @@ def register(app: typer.Typer) -> None:
             n_ctx=n_ctx,
             plot=not no_plot,
             progress=not quiet,
+            constrain_calls=constrain_calls,
         )

@@ -46,7 +46,7 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
                  max_tokens_limit: int | None = None, parameters: dict[str, Any] | None = None,
                  stream_interval_ms: float = 50.0, limits: Any = None,
                  wedge_seconds: float | None = None, parallel: int = 1, lora: list[str] | None = None,
-                 bare_json_calls: bool = False) -> Any:
+                 bare_json_calls: bool = False, constrain_calls: bool = True) -> Any:
     """Start the model runner and return the FastAPI app (the typed entry point the CLI and the pipeline call).
 
     The model is loaded in a runner subprocess (``tooltune.serve.runner``): this process never imports native
@@ -101,7 +101,8 @@ def build_server(model: str | None, *, name: str | None = None, modelfile: str |
     app = create_app(engine, served_name, defaults=defaults, system=system, messages=messages, api_key=api_key,
                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_limit=max_tokens_limit,
                      modelfile_text=modelfile_text, stream_interval=max(0.0, stream_interval_ms) / 1000,
-                     limits=limits or RequestLimits(), adapters=adapters, bare_json_calls=bare_json_calls)
+                     limits=limits or RequestLimits(), adapters=adapters, bare_json_calls=bare_json_calls,
+                     constrain_calls=constrain_calls)
     return app
 
 
@@ -220,6 +221,11 @@ def register(app: typer.Typer) -> None:
         bare_json_calls: bool = typer.Option(False, "--bare-json-calls", "--bare_json_calls",
                                              help="tool_choice auto: also take a bare JSON object or ```json fence "
                                                   "naming an offered tool (arguments fitting its schema) as a call."),
+        constrain_calls: bool = typer.Option(True, "--constrain-calls/--no-constrain-calls",
+                                             "--constrain_calls/--no_constrain_calls",
+                                             help="tool_choice auto: once the model opens a tool call, hold it to the "
+                                                  "offered tools' schemas with a grammar (names, required arguments, "
+                                                  "types, enums), as llama.cpp's server does; GGUF models only."),
     ) -> None:
         if engine == "vllm":
             if lora:  # vLLM takes HF-format adapters with --enable-lora, not LoRA GGUFs: say so, never drop them
@@ -233,7 +239,7 @@ def register(app: typer.Typer) -> None:
               system=system, api_key=api_key, n_ctx=n_ctx, n_threads=n_threads, max_body_mb=max_body_mb,
               max_tokens_limit=max_tokens_limit, stream_interval_ms=stream_interval_ms,
               shutdown_seconds=shutdown_seconds, wedge_seconds=runner_timeout, parallel=max(1, parallel), lora=lora,
-              bare_json_calls=bare_json_calls,
+              bare_json_calls=bare_json_calls, constrain_calls=constrain_calls,
               limits=RequestLimits(max_json_depth=max_json_depth, max_schema_bytes=max_schema_bytes,
                                    max_schema_depth=max_schema_depth, max_schema_repeat=max_schema_repeat),
               parameters={"temperature": temperature, "top_p": top_p, "top_k": top_k,

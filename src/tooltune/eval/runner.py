@@ -45,6 +45,7 @@ def evaluate(
     seed: int = 0,
     n_ctx: int = 4096,
     plot: bool = True,
+    constrain_calls: bool = True,
     console: Console | None = None,
 ) -> EvalReport:
     """Score every target on ``cases`` (generations are shared by the strict and lenient scorings under "both")."""
@@ -53,7 +54,7 @@ def evaluate(
     if not cases:
         raise TooltuneError("no evaluation cases")
     console = console or Console(stderr=True)
-    config = DecodeConfig(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    config = DecodeConfig(max_tokens=max_tokens, temperature=temperature, seed=seed, constrain_calls=constrain_calls)
     modes = _parse_modes(lenient)
     runs: list[RunResult] = []
     labels: set[str] = set()
@@ -78,6 +79,7 @@ def evaluate(
         "seed": seed,
         "parse": "+".join(modes),
         "chat_template": chat_template or "model's own",
+        "constrained calls": "on" if constrain_calls else "off",
     }
     report = EvalReport(runs=runs, n_cases=len(cases), settings=settings)
     if out_dir is not None:

@@ -45,6 +45,9 @@ class DecodeConfig:
     max_tokens: int = 256
     temperature: float = 0.0
     seed: int = 0
+    # A call the model opens is held to the tools' schemas, as `tooltune serve` serves it (model files on llama.cpp;
+    # a server target answers as that server is configured).
+    constrain_calls: bool = True
 
 
 @dataclass
@@ -123,7 +126,8 @@ class EngineTarget(Target):
                                 adapter=self.adapter)
         try:
             # The same turn as `tooltune chat`; scoring re-reads the raw text (strict and lenient from one decode).
-            reply = respond(self.engine, case.messages, case.tools or None, RespondOptions(params=params))
+            reply = respond(self.engine, case.messages, case.tools or None,
+                            RespondOptions(params=params, constrain_calls=config.constrain_calls))
         except (EngineError, TooltuneError) as exc:  # e.g. a prompt longer than the context: this case fails
             return Generation(text="", latency_s=time.perf_counter() - started, errors=[str(exc)])
         return Generation(

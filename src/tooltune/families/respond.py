@@ -5,10 +5,12 @@ what ``tooltune chat`` and evaluation call (the serve APIs use its parsers and `
 ``tooltune.serve.family_reply``): the prompt is the family's chat template render, the reply is parsed with the
 family's call syntax, and reasoning comes back separately.
 
-``tool_choice``: ``auto`` (the model decides), ``required`` (some tool) or a tool's name. Forced calls use a grammar
-(llama.cpp engines only); for families whose calls open with a marker the grammar cannot start with (Mistral's
-``[TOOL_CALLS]``, Phi-4-mini's ``<|tool_call|>``) the marker is written into the prompt and then into ``raw``, as the
-model would have written it.
+``tool_choice``: ``auto`` (the model decides), ``required`` (some tool) or a tool's name. Under ``auto`` on a llama.cpp
+engine the model writes freely until it opens a call; the call itself is then held to the offered tools' schemas
+(``constrained_call``: names, required arguments, types, enums), as llama.cpp's server does. Forced calls use a
+grammar from the first token (llama.cpp engines only); for families whose calls open with a marker the grammar cannot
+start with (Mistral's ``[TOOL_CALLS]``, Phi-4-mini's ``<|tool_call|>``) the marker is written into the prompt and then
+into ``raw``, as the model would have written it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tooltune.families import detect
 from tooltune.families.errors import FamilyError
 from tooltune.families.family import Family
 from tooltune.families.parsers import Event, reply_parser
+from tooltune.toolcalls import OPEN_TAG
 
 _FORCED_PREFIX = {"mistral": "[TOOL_CALLS]", "phi4": "<|tool_call|>"}
 
@@ -35,6 +38,7 @@ class RespondOptions:
     enable_thinking: bool | None = None  # passed to templates that have the switch (Qwen3, SmolLM3); None: default
     on_event: Callable[[Event], None] | None = None  # streaming: reasoning, content and calls as they complete
     on_text: Callable[[str], None] | None = None  # streaming: raw text chunks
+    constrain_calls: bool = True  # tool_choice auto: a call the model opens follows the tools' schemas (llama.cpp)
 
 
 @dataclass
@@ -94,6 +98,39 @@ def forced_call(family: Family | None, tools: list[Tool], only: str | None, para
     return grammar, _FORCED_PREFIX.get(syntax, "")
 
 
+# The text that opens a call in each family's syntax. Llama 3.2 writes a bare JSON object with no opener to wait
+# for, so its calls are constrained only when forced.
+_CALL_OPENERS = {"hermes": OPEN_TAG, "mistral": "[TOOL_CALLS]", "phi4": "<|tool_call|>"}
+
+
+def constrained_call(family: Family | None, tools: list[Tool], parallel: bool = True) -> tuple[str, str] | None:
+    """(opener, grammar) for ``tool_choice: auto``: once the model writes the family's call opener, the grammar holds
+    the rest of its reply to calls of the offered tools (names, required arguments, types, enums). None when the
+    family has no opener or a tool's schema cannot safely become a grammar — beyond the size/depth/repetition limits
+    that keep llama.cpp's grammar compiler from crashing (``serve.limits``), or one the converter cannot express: the
+    reply is then read as the model wrote it."""
+    from tooltune.conversation import ConversationError
+    from tooltune.serve.grammar import GrammarError, tool_call_grammar
+    from tooltune.serve.limits import LimitError, RequestLimits, check_schema
+
+    syntax = family.call_syntax if family is not None else "hermes"
+    opener = _CALL_OPENERS.get(syntax)
+    if opener is None or not tools:
+        return None
+    try:
+        limits = RequestLimits()
+        for tool in tools:
+            check_schema(tool.json_schema(), f"tools.{tool.name}", limits)
+    except (LimitError, ConversationError):
+        return None
+    try:
+        grammar = tool_call_grammar(tools, parallel=parallel, tagged=syntax == "hermes",
+                                    listed=syntax in _FORCED_PREFIX, opened=True)
+    except GrammarError:
+        return None
+    return opener, grammar
+
+
 def _forced(engine: Any, family: Family | None, tools: list[Tool], tool_choice: str, params: Any) -> tuple[Any, str]:
     """Sampling params with the call grammar, and the prefix written into the prompt for marker families."""
     if not tools:
@@ -119,6 +156,11 @@ def respond(engine: Any, conversation: Iterable[Message | dict[str, Any]],
     prefix = ""
     if tool_choice not in ("auto", "none"):
         params, prefix = _forced(engine, family, tool_list, tool_choice, params)
+    elif (tool_choice == "auto" and options.constrain_calls and getattr(engine, "supports_grammar", False)
+          and params.grammar is None):
+        lazy = constrained_call(family, tool_list)
+        if lazy is not None:
+            params = replace(params, call_trigger=lazy[0], call_grammar=lazy[1])
     # The prompt may already open the reasoning block (templates that end the generation prompt with <think>).
     thinking_open = bool(family and family.thinks and prompt.rstrip().endswith("<think>"))
     parser = reply_parser(family, tools=tool_list or None, lenient=options.lenient, thinking_open=thinking_open)

@@ -65,6 +65,11 @@ class PipelineArguments:
     eval_max_cases: int | None = field(default=None, metadata=_help("score at most N held-out cases per model"))
     eval_max_new_tokens: int = field(default=256, metadata=_help("generation budget per eval case"))
     eval_base: bool = field(default=True, metadata=_help("also score the base model, for the before/after table"))
+    eval_constrain_calls: bool = field(
+        default=True,
+        metadata=_help("a call the model opens is held to the tools' schemas (llama.cpp grammar), as `tooltune serve` "
+                       "serves it; false scores the calls as the model writes them"),
+    )
     eval_engine: Literal["gguf", "hf"] = field(
         default="gguf",
         metadata=_help("score the tuned model through its F16 GGUF with llama.cpp (fast) or the merged HF dir"),

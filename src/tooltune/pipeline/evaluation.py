@@ -130,6 +130,7 @@ def evaluate_stage(ctx: StageContext, quants: bool) -> StageOutput:
         ctx.work_dir,
         max_tokens=config.pipeline.eval_max_new_tokens,
         chat_template=eval_chat_template(config),
+        constrain_calls=config.pipeline.eval_constrain_calls,
         console=ctx.console,
     )
     rows = [headline_row(label, run) for (label, _), run in zip(labelled, report.runs, strict=True)]

@@ -358,7 +358,7 @@ def run_adapter_gguf(ctx: StageContext) -> StageOutput:
         labelled = [(f"adapter + base {f['type']}", f"{f['path']}#{adapter}") for f in scored]
         report = evaluate([spec for _, spec in labelled], eval_cases(config), ctx.work_dir / "eval",
                           max_tokens=config.pipeline.eval_max_new_tokens, chat_template=eval_chat_template(config),
-                          console=ctx.console)
+                          constrain_calls=config.pipeline.eval_constrain_calls, console=ctx.console)
         metrics["rows"] = [headline_row(label, run) for (label, _), run in zip(labelled, report.runs, strict=True)]
         # Each row next to the merged file of the same type (F16 with F16, Q4_K_M with merged-then-quantized Q4_K_M),
         # which the eval stages scored on the same held-out cases: the report sets them side by side.
@@ -416,6 +416,7 @@ def eval_params(config: PipelineConfig) -> dict[str, Any]:
         "max_new_tokens": p.eval_max_new_tokens,
         "base": p.eval_base,
         "engine": p.eval_engine,
+        "constrain_calls": p.eval_constrain_calls,
     }
 
 

@@ -103,13 +103,14 @@ def create_app(engine: Engine, name: str, *, defaults: dict[str, Any] | None = N
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_tokens_limit: int | None = None,
                max_waiting: int = 64, modelfile_text: str = "",
                stream_interval: float = DEFAULT_STREAM_INTERVAL, limits: RequestLimits | None = None,
-               adapters: dict[str, list[Path]] | None = None, bare_json_calls: bool = False) -> FastAPI:
+               adapters: dict[str, list[Path]] | None = None, bare_json_calls: bool = False,
+               constrain_calls: bool = True) -> FastAPI:
     """Both APIs serving ``engine`` under the model name ``name`` (and each adapter name in ``adapters``)."""
     config = ServeConfig(name=name, defaults=dict(defaults or {}), system=system, messages=list(messages or []),
                          api_key=api_key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
                          max_waiting=max_waiting, modelfile_text=modelfile_text, stream_interval=stream_interval,
                          limits=limits or RequestLimits(), adapters=dict(adapters or {}),
-                         bare_json_calls=bare_json_calls)
+                         bare_json_calls=bare_json_calls, constrain_calls=constrain_calls)
     state = ServerState(engine, config)
 
     @contextlib.asynccontextmanager

@@ -21,10 +21,17 @@ import collections
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tooltune.engines import EngineError, LlamaCppEngine, SamplingParams, _StopMatcher, _timed_result
+from tooltune.engines import (
+    CallOpenerWatch,
+    EngineError,
+    LlamaCppEngine,
+    SamplingParams,
+    _StopMatcher,
+    _timed_result,
+)
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default window for repeat_penalty, prompt tokens included
 
@@ -44,6 +51,8 @@ class Slot:
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     logits_index: int = -1  # row of this slot's logits in the last batch (-1: none)
+    params: SamplingParams = field(default_factory=SamplingParams)
+    opener: CallOpenerWatch = field(default_factory=lambda: CallOpenerWatch(None))
 
 
 class BatchedLoop:
@@ -118,6 +127,9 @@ class BatchedLoop:
                               f"{self.slot_ctx} (--n-ctx with --parallel {self.parallel})")
         window = engine._check_budget(len(tokens), params)
         self.use_adapter(params.adapter)
+        lazy = bool(params.call_trigger and params.call_grammar and not params.grammar)
+        if lazy:  # a call grammar that llama.cpp cannot parse fails the request now, not mid-reply
+            self.lib.llama_sampler_free(self._sampler(replace(params, grammar=params.call_grammar), []))
         seq = self.free_seqs.pop()
         try:
             sampler = self._sampler(params, tokens)
@@ -128,7 +140,8 @@ class BatchedLoop:
         self.slots.append(Slot(job_id=job_id, seq=seq, tokens=tokens,
                                max_tokens=min(params.max_tokens, window - len(tokens)), sampler=sampler,
                                stop=_StopMatcher(engine._stops(params)),
-                               decoder=codecs.getincrementaldecoder("utf-8")(errors="replace")))
+                               decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"), params=params,
+                               opener=CallOpenerWatch(params.call_trigger if lazy else None)))
 
     def release(self, slot: Slot) -> None:
         self.slots.remove(slot)
@@ -183,7 +196,8 @@ class BatchedLoop:
                 finish(slot, "stop")
                 continue
             slot.completion.append(token)
-            piece = slot.decoder.decode(engine.llm.detokenize([token], prev_tokens=slot.tokens + slot.completion[:-1]))
+            piece = slot.decoder.decode(engine.llm.detokenize([token], prev_tokens=slot.tokens + slot.completion[:-1],
+                                                              special=token in engine._preserved))
             text, stopped = slot.stop.push(piece)
             if text:
                 slot.text_parts.append(text)
@@ -192,6 +206,11 @@ class BatchedLoop:
                 finish(slot, "stop")
             elif len(slot.completion) >= slot.max_tokens:
                 finish(slot, "length")
+            elif slot.opener.push(piece):
+                # The model opened a call: from its next token on, the slot samples under the call grammar.
+                lib.llama_sampler_free(slot.sampler)
+                slot.sampler = self._sampler(replace(slot.params, grammar=slot.params.call_grammar),
+                                             slot.tokens + slot.completion)
 
     def close(self) -> None:
         self.lib.llama_batch_free(self.batch)

@@ -14,7 +14,7 @@ from tooltune.conversation import Tool
 from tooltune.families import detect
 from tooltune.families.family import Family
 from tooltune.families.parsers import THINK_OPEN, Event, ParsedReply, ReplyParser, reply_parser
-from tooltune.families.respond import forced_call
+from tooltune.families.respond import constrained_call, forced_call
 from tooltune.toolcalls import ContentDelta
 
 
@@ -43,14 +43,23 @@ class _TextOnly:
 
 class ReplyReader:
     def __init__(self, chat_template: str, prompt: str, tools: list[Tool], parse_calls: bool,
-                 forced: str | None = None, parallel: bool = True, bare_json_calls: bool = False) -> None:
+                 forced: str | None = None, parallel: bool = True, bare_json_calls: bool = False,
+                 constrain_calls: bool = False) -> None:
         """``forced``: None (the model decides), "" (some tool) or a tool's name; ``bare_json_calls``: when the model
-        decides, also read a bare JSON / ```json call naming an offered tool (the parsers' ``lenient``)."""
+        decides, also read a bare JSON / ```json call naming an offered tool (the parsers' ``lenient``);
+        ``constrain_calls``: when the model decides and opens a call, hold the call to the tools' schemas
+        (``call_trigger``/``call_grammar`` go into the request's sampling parameters)."""
         self.family = family_of_template(chat_template)
         self.grammar: str | None = None
         self.prefix = ""
+        self.call_trigger: str | None = None
+        self.call_grammar: str | None = None
         if forced is not None:
             self.grammar, self.prefix = forced_call(self.family, tools, forced or None, parallel=parallel)
+        elif constrain_calls and parse_calls and tools:
+            lazy = constrained_call(self.family, tools, parallel=parallel)
+            if lazy is not None:
+                self.call_trigger, self.call_grammar = lazy
         thinks = bool(self.family and self.family.thinks)
         # Templates that end the generation prompt with <think> have opened the reasoning block already.
         thinking_open = thinks and prompt.rstrip().endswith(THINK_OPEN)

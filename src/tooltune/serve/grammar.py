@@ -72,11 +72,15 @@ def json_object_grammar() -> str:
 
 
 def tool_call_grammar(tools: list[Tool], only: str | None = None, parallel: bool = True,
-                      tagged: bool = True, arguments_key: str = "arguments", listed: bool = False) -> str:
+                      tagged: bool = True, arguments_key: str = "arguments", listed: bool = False,
+                      opened: bool = False) -> str:
     """Grammar for one call (or several, separated as the Qwen template separates them) of the given tools.
 
     ``arguments_key``: the key the family's calls hold their arguments under (Llama 3.2 trains ``parameters``);
-    ``listed``: the calls are one JSON list (Mistral's ``[TOOL_CALLS] [...]``, Phi-4-mini's ``<|tool_call|>[...]``).
+    ``listed``: the calls are one JSON list (Mistral's ``[TOOL_CALLS] [...]``, Phi-4-mini's ``<|tool_call|>[...]``);
+    ``opened``: the model has written the call opener already (``<tool_call>``, the list's marker): the grammar is for
+    what follows it, from a little whitespace on (a constrained call when the model decided to call, see
+    ``SamplingParams.call_trigger``).
     """
     chosen = [t for t in tools if only is None or t.name == only]
     if not chosen:
@@ -95,15 +99,18 @@ def tool_call_grammar(tools: list[Tool], only: str | None = None, parallel: bool
         })
     schema = alternatives[0] if len(alternatives) == 1 else {"oneOf": alternatives}
     body = schema_to_gbnf(schema, rule="call-json", prop_order=["name", arguments_key])
+    # After the opener the model usually writes a newline (the template's layout) before the JSON.
+    lead = "[ \\t\\n]{0,4} " if opened else ""
     if listed:
         more = '("," " "? call-json)*' if parallel else ""
-        return f'root ::= "[" call-json {more} "]"\n' + body
+        return f'root ::= {lead}"[" call-json {more} "]"\n' + body
+    separator = '"\\n"'
     if tagged:
         open_tag, close_tag = json.dumps(OPEN_TAG + "\n"), json.dumps("\n" + CLOSE_TAG)
         call = f"call ::= {open_tag} call-json {close_tag}\n"
-        separator = '"\\n"'
+        first = f"{lead}call-json {close_tag}" if opened else "call"
     else:
         call = "call ::= call-json\n"
-        separator = '"\\n"'
-    root = f"root ::= call ({separator} call)*\n" if parallel else "root ::= call\n"
+        first = "call"
+    root = f"root ::= {first} ({separator} call)*\n" if parallel else f"root ::= {first}\n"
     return root + call + body

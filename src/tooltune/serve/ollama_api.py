@@ -43,11 +43,13 @@ def _format_grammar(state: ServerState, fmt: str | dict[str, Any] | None) -> str
     raise ApiError(400, f"format must be \"json\" or a JSON schema object, got {fmt!r}")
 
 
-def _sampling(state: ServerState, options: wire.OllamaOptions | None, grammar: str | None) -> Any:
+def _sampling(state: ServerState, options: wire.OllamaOptions | None, grammar: str | None,
+              reader: ReplyReader | None = None) -> Any:
     o = options or wire.OllamaOptions()
+    call = (reader.call_trigger, reader.call_grammar) if reader is not None else (None, None)
     return state.sampling(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, seed=o.seed,
                           repeat_penalty=o.repeat_penalty, stop=o.stop, max_tokens=o.num_predict,
-                          grammar=grammar, limit_name="num_predict", n_ctx=o.num_ctx)
+                          grammar=grammar, limit_name="num_predict", n_ctx=o.num_ctx, call=call)
 
 
 def _ndjson(item: dict[str, Any]) -> bytes:
@@ -68,8 +70,9 @@ def build_router(state: ServerState) -> APIRouter:
         # (gpt-oss levels) have no template switch here and leave the default.
         prompt = state.render(messages, tools, enable_thinking=body.think if isinstance(body.think, bool) else None)
         reader = ReplyReader(state.engine.chat_template, prompt, tools, parse_calls=bool(tools),
-                             bare_json_calls=state.config.bare_json_calls)
-        params = _sampling(state, body.options, _format_grammar(state, body.format))
+                             bare_json_calls=state.config.bare_json_calls,
+                             constrain_calls=state.constrains_calls(tools))
+        params = _sampling(state, body.options, _format_grammar(state, body.format), reader)
         if not body.stream:
             text, job = await state.run_to_end(request, prompt, params)
             return JSONResponse(_chat_final(state, text, reader, job, received))

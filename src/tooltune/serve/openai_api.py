@@ -69,7 +69,8 @@ class ToolPlan:
         try:
             return ReplyReader(state.engine.chat_template, prompt, self.tools, parse_calls=self.parse,
                                forced=self.forced, parallel=self.parallel and not self.forced,
-                               bare_json_calls=state.config.bare_json_calls)
+                               bare_json_calls=state.config.bare_json_calls,
+                               constrain_calls=state.constrains_calls(self.tools))
         except grammars.GrammarError as exc:
             raise ApiError(400, f"tools: {exc}") from exc
 
@@ -128,7 +129,7 @@ def build_router(state: ServerState) -> APIRouter:
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = state.sampling(temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stop,
                                 max_tokens=max_tokens, grammar=reader.grammar or format_grammar,
-                                limit_name="max_tokens")
+                                limit_name="max_tokens", call=(reader.call_trigger, reader.call_grammar))
         prompt += reader.prefix  # a forced call's marker (Mistral, Phi-4-mini), as the model would have written it
         cid, created = wire.completion_id(), int(time.time())
         if not body.stream:

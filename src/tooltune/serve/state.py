@@ -61,6 +61,9 @@ class ServeConfig:
     # tool_choice auto: also take a bare JSON object / ```json fence naming an offered tool with arguments that fit
     # its schema as a call (off by default: see docs/families.md, "Bare JSON fallback").
     bare_json_calls: bool = False
+    # tool_choice auto: once the model opens a call, hold it to the offered tools' schemas with a llama.cpp grammar
+    # (names, required arguments, types, enums), as llama.cpp's server does; --no-constrain-calls serves it as written.
+    constrain_calls: bool = True
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,19 @@ class ServerState:
         except LimitError as exc:
             raise ApiError(400, str(exc), "schema_limit", param=where) from exc
 
+    def constrains_calls(self, tools: list[Tool]) -> bool:
+        """Whether a call the model opens under tool_choice auto is held to the tools' schemas: on llama.cpp, when
+        configured, and only for schemas within the grammar limits (one beyond them is served unconstrained here,
+        where it used to be accepted, rather than refused: the client did not ask for a constraint)."""
+        if not (self.config.constrain_calls and self.engine.supports_grammar and tools):
+            return False
+        try:
+            for tool in tools:
+                check_schema(tool.json_schema(), f"tools.{tool.name}", self.config.limits)
+        except (LimitError, ConversationError):
+            return False
+        return True
+
     def parse_messages(self, raw_messages: list[Any], field_name: str = "messages") -> list[Message]:
         # The Modelfile's MESSAGE lines were checked when it was read; the request's are checked field by field.
         messages = [Message.from_openai(raw) for raw in self.config.messages]
@@ -219,7 +235,10 @@ class ServerState:
     def sampling(self, *, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                  seed: int | None = None, repeat_penalty: float | None = None, stop: list[str] | str | None = None,
                  max_tokens: int | None = None, grammar: str | None = None,
-                 limit_name: str = "max_tokens", n_ctx: int | None = None) -> SamplingParams:
+                 limit_name: str = "max_tokens", n_ctx: int | None = None,
+                 call: tuple[str | None, str | None] = (None, None)) -> SamplingParams:
+        """``call``: (opener, grammar) of a constrained call under tool_choice auto (``ReplyReader``); unused when
+        ``grammar`` constrains the whole reply."""
         d = self.defaults
         if max_tokens is None and d.get("num_predict") is not None:  # a Modelfile's PARAMETER num_predict
             max_tokens = min(int(d["num_predict"]), self.max_tokens_limit)
@@ -241,6 +260,8 @@ class ServerState:
             grammar=grammar,
             n_ctx=n_ctx,
             adapter=self.current.adapter,
+            call_trigger=None if grammar else call[0],
+            call_grammar=None if grammar else call[1],
         )
 
     # ---- running ----
