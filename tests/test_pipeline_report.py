@@ -87,6 +87,16 @@ def test_report_has_stage_eval_and_gguf_tables_and_charts(tmp_path: Path) -> Non
     assert "user: Convert 100 USD to EUR" in text and '"name": "convert_currency"' in text
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    assert "constrained calls" not in text  # a run recorded before the setting existed says nothing about it
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_report_says_whether_calls_were_held_to_the_schema(tmp_path: Path, constrained: bool) -> None:
+    recorded = manifest()
+    recorded["stages"]["eval"]["metrics"]["constrained_calls"] = constrained
+    text = write_report(recorded, tmp_path).read_text()
+    assert ("held to the tools' schemas (constrained calls" in text) is constrained
+    assert ("Calls scored as the model writes them" in text) is not constrained
 
 
 def test_report_renders_with_nothing_but_a_failed_stage(tmp_path: Path) -> None:

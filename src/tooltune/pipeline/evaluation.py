@@ -134,7 +134,8 @@ def evaluate_stage(ctx: StageContext, quants: bool) -> StageOutput:
         console=ctx.console,
     )
     rows = [headline_row(label, run) for (label, _), run in zip(labelled, report.runs, strict=True)]
-    metrics: dict[str, Any] = {"rows": rows, "table": report.table_markdown(), "cases": len(cases)}
+    metrics: dict[str, Any] = {"rows": rows, "table": report.table_markdown(), "cases": len(cases),
+                               "constrained_calls": config.pipeline.eval_constrain_calls}
     tuned_runs = [(label, run) for (label, _), run in zip(labelled, report.runs, strict=True) if label != "base"]
     for label, run in tuned_runs:
         sample = sample_conversation(label, run, cases)

@@ -42,6 +42,15 @@ def eval_rows(stages: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _constraint_note(constrained: bool | None) -> str:
+    if constrained is None:  # a run recorded before the setting existed
+        return ""
+    if constrained:
+        return (" Decoded as `tooltune serve` answers: once a model opens a call, the call is held to the tools' "
+                "schemas (constrained calls, docs/serve.md); `eval_constrain_calls: false` scores calls as written.")
+    return " Calls scored as the model writes them (`eval_constrain_calls: false`)."
+
+
 def plot_loss(points: list[list[float]], out: Path) -> bool:
     if len(points) < 2:
         return False
@@ -212,6 +221,7 @@ def render_report(manifest: dict[str, Any], run_dir: Path, report_stage: str = "
             "[95% Wilson interval]. *format-valid*: the reply holds a well-formed tool call (parses, no broken "
             "block); *right function*: the called names match; *right arguments*: name and arguments match by "
             "BFCL's AST rules."
+            + _constraint_note(stages.get("eval", {}).get("metrics", {}).get("constrained_calls"))
         )
         lines.append("")
         table_rows = []
