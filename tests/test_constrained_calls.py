@@ -144,6 +144,25 @@ def test_eval_scores_constrained_calls_and_can_turn_them_off(default_gguf: Path,
     assert held_score["outcomes"]["accuracy"] and not free_score["outcomes"]["accuracy"]
 
 
+def test_chat_cli_holds_the_call_and_can_show_it_as_written(default_gguf: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tooltune.cli import app
+
+    (tmp_path / "m.json").write_text(json.dumps(ROME))
+    (tmp_path / "t.json").write_text(json.dumps([WEATHER]))
+    template = Path(__file__).parent.parent / "src" / "tooltune" / "resources" / "templates" / "qwen.jinja"
+    argv = ["chat", "--model", str(default_gguf), "--messages", str(tmp_path / "m.json"), "--tools",
+            str(tmp_path / "t.json"), "--json", "--chat-template", str(template), "--max_new_tokens", "60"]
+    calls = []
+    for flag in ([], ["--no-constrain-calls"]):
+        result = CliRunner().invoke(app, [*argv, *flag])
+        assert result.exit_code == 0, result.output
+        calls.append(json.loads([x for x in result.stdout.splitlines() if x.startswith("{")][0])["tool_calls"])
+    held, free = calls
+    assert _valid(held[0]["arguments"]) and free[0]["arguments"] == {"city": "Rome"}
+
+
 # ------------------------------------------------------------------------------------------------ serving
 
 

@@ -163,16 +163,19 @@ def chat_once(
     lenient: bool = False,
     tool_choice: str = "auto",
     on_text: Callable[[str], None] | None = None,
+    constrain_calls: bool = True,
 ) -> ChatResult:
     """One assistant turn through ``tooltune.families.respond`` (streaming through ``on_text`` when given).
 
-    ``tool_choice`` is ``auto`` (the model decides), ``required`` or a tool name (constrained by a grammar, GGUF only).
+    ``tool_choice`` is ``auto`` (the model decides), ``required`` or a tool name (constrained by a grammar, GGUF only);
+    ``constrain_calls``: under ``auto``, a call the model opens is held to the tools' schemas (GGUF only), as served.
     """
     from tooltune.families.errors import FamilyError
     from tooltune.families.respond import RespondOptions, respond
 
     engine = model if isinstance(model, Engine) else load_engine(model)
-    options = RespondOptions(params=params or SamplingParams(), lenient=lenient, on_text=on_text)
+    options = RespondOptions(params=params or SamplingParams(), lenient=lenient, on_text=on_text,
+                             constrain_calls=constrain_calls)
     try:
         reply = respond(engine, _as_messages(messages), _as_tools(tools), options, tool_choice=tool_choice)
     except FamilyError as exc:
@@ -211,6 +214,7 @@ class ChatSession:
     pending: list[ToolCall] = field(default_factory=list)
     lenient: bool = False
     tool_choice: str = "auto"
+    constrain_calls: bool = True
 
     def set_system(self, text: str) -> None:
         self.history = [m for m in self.history if m.role != "system"]
@@ -222,7 +226,7 @@ class ChatSession:
 
     def reply(self, on_text: Callable[[str], None] | None = None) -> ChatResult:
         result = chat_once(self.engine, self.tools, self.history, self.params, lenient=self.lenient,
-                           tool_choice=self.tool_choice, on_text=on_text)
+                           tool_choice=self.tool_choice, on_text=on_text, constrain_calls=self.constrain_calls)
         message = result.assistant_message()
         self.history.append(message)
         self.pending = list(message.tool_calls)

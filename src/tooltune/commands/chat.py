@@ -41,6 +41,11 @@ def chat_command(
         "auto", "--tool-choice", "--tool_choice",
         help="auto | required | TOOL_NAME: force a call with a grammar (GGUF models, through llama.cpp).",
     ),
+    constrain_calls: bool = typer.Option(
+        True, "--constrain-calls/--no-constrain-calls", "--constrain_calls/--no_constrain_calls",
+        help="tool_choice auto: once the model opens a call, hold it to the tools' schemas (GGUF models), as "
+        "`tooltune serve` does; --no-constrain-calls shows the call as the model writes it.",
+    ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", "--trust_remote_code"),
 ) -> None:
     """Render the prompt with the model's chat template and tools, generate, and print the parsed tool calls."""
@@ -67,7 +72,7 @@ def chat_command(
     try:
         if messages is None:
             session = ChatSession(engine=engine, tools=tool_list, params=params, history=history, lenient=lenient,
-                                  tool_choice=tool_choice)
+                                  tool_choice=tool_choice, constrain_calls=constrain_calls)
 
             def write(text: str) -> None:
                 sys.stdout.write(text)
@@ -75,7 +80,8 @@ def chat_command(
 
             run_repl(session, read_line=input, write=write, as_json=as_json)
             return
-        result = chat_once(engine, tool_list, history, params, lenient=lenient, tool_choice=tool_choice)
+        result = chat_once(engine, tool_list, history, params, lenient=lenient, tool_choice=tool_choice,
+                           constrain_calls=constrain_calls)
     finally:
         engine.close()
 
