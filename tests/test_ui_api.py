@@ -236,3 +236,31 @@ def test_loss_stream_resets_when_the_log_is_cut_back(server: RunningApp, workspa
                 event = json.loads(line[6:])
                 break
     assert event["reset"] is True and [r["step"] for r in event["records"]] == [1, 2] and event["line"] == 2
+
+
+def test_a_run_whose_process_was_killed_is_not_shown_running(tmp_path: Path) -> None:
+    """The manifest says which process writes it; a stage left "running" by a process that is gone (the Stop button's
+    SIGKILL fallback, an OOM kill) shows as interrupted — resumable — instead of running forever."""
+    import subprocess
+    import sys
+
+    from tooltune.ui.runs import process_alive, run_overview
+
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, not reaped yet
+    deadline = time.monotonic() + 30
+    while process_alive(zombie.pid):
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.05)
+    assert process_alive(os.getpid()) and not process_alive(exited.pid)
+    zombie.wait()
+
+    stages = {"preview": {"status": "done"}, "train": {"status": "running"}}
+    for pid, status in ((os.getpid(), "running"), (exited.pid, "interrupted"), (None, "running")):
+        run_dir = tmp_path / f"run-{status}-{pid}"
+        run_dir.mkdir()
+        (run_dir / "manifest.json").write_text(json.dumps({"stages": stages, **({"pid": pid} if pid else {})}))
+        overview = run_overview(run_dir)
+        assert overview["status"] == status, pid
+        assert overview["stages"] == {"preview": "done", "train": status}

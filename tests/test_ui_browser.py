@@ -187,6 +187,13 @@ def test_start_a_tiny_run_and_watch_its_loss_live(page, ui: RunningApp, workspac
     while httpx.get(f"{ui.url}/ui/api/runs/tiny").json()["status"] == "running":
         assert time.monotonic() < deadline, "the run did not stop"
         time.sleep(0.5)
+    # Stopped by the stop request itself (SIGTERM, taken as Ctrl-C even where a background shell made SIGINT
+    # ignored), not by the SIGKILL fallback: the run recorded the interruption and said how to resume.
+    assert httpx.get(f"{ui.url}/ui/api/runs/tiny").json()["stages"]["train"] == "interrupted"
+    log = workspace / "runs" / "tiny" / "ui_launch.log"
+    while "run the same command again to resume" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the run was killed, not stopped"
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -43,15 +43,31 @@ def split_stage_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return flags, rest
 
 
+def _stop_request(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_until_interrupted(config: Any, flags: dict[str, str]) -> None:
-    """Run the pipeline; on Ctrl-C say how to resume and exit 130 (the manifest already marks the stage interrupted)."""
+    """Run the pipeline; on Ctrl-C say how to resume and exit 130 (the manifest already marks the stage interrupted).
+
+    SIGTERM (``kill``, ``docker stop``, the web UI's Stop button) is a stop request too, handled as Ctrl-C: a process
+    started in the background by a shell ignores SIGINT, so a stop sent as SIGINT would never arrive, and Python's
+    default SIGTERM exits without marking the stage."""
+    import signal
+    import threading
+
     from tooltune.pipeline.stages import run_pipeline
 
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+    previous = signal.signal(signal.SIGTERM, _stop_request) if main_thread else None
     try:
         run_pipeline(config, from_stage=flags.get("from"), only=flags.get("only"))
     except KeyboardInterrupt:
         typer.echo("interrupted: run the same command again to resume", err=True)
         raise typer.Exit(130) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def register(app: typer.Typer) -> None:

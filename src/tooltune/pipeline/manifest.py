@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 import time
@@ -132,6 +133,9 @@ class Manifest:
             "created": self.created,
             "updated": time.time(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            # Which process writes this run: a reader can tell a running stage from one whose process was killed
+            # before it could record how the stage ended (SIGKILL, out of memory, a power cut).
+            "pid": os.getpid(),
             "versions": self.versions,
             "config": self.config,
             "stage_order": self.order,

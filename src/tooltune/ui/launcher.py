@@ -159,13 +159,15 @@ class Launcher:
         return {"name": name, "pid": process.pid, "config": config}
 
     def stop(self, name: str) -> dict[str, Any]:
-        """Ctrl-C to the run's process group: the stage is marked interrupted and can be resumed."""
+        """A stop request (SIGTERM, which ``tooltune run`` takes as Ctrl-C) to the run's process group: the stage is
+        marked interrupted and can be resumed. Not SIGINT: a UI started in the background by a shell passes SIGINT
+        on as ignored, and the run would go on until the SIGKILL below."""
         self.workspace.run_dir(name)
         with self.lock:
             process = self.processes.get(name)
         if process is None or process.poll() is not None:
             raise UIError(f"run {name!r} was not started by this UI or has ended", status=404)
-        os.killpg(process.pid, signal.SIGINT)
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,31 @@ def _read(run_dir: Path) -> dict[str, Any]:
         return {}  # written atomically, so this is a manifest being replaced: show the run as empty for now
 
 
+def process_alive(pid: Any) -> bool:
+    """Whether the process that writes a run still runs (True when the manifest predates the pid field)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    try:  # an exited child this UI has not reaped yet is a zombie: gone for our purposes
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
 def run_overview(run_dir: Path) -> dict[str, Any]:
     manifest = _read(run_dir)
     stages = manifest.get("stages", {})
+    if any(s.get("status") == "running" for s in stages.values()) and not process_alive(manifest.get("pid")):
+        # Killed before it could write "interrupted" (the UI's Stop falls back to SIGKILL after 30 s; an OOM kill):
+        # shown as what it is, a run to resume, not one running forever.
+        stages = {name: {**s, "status": "interrupted" if s.get("status") == "running" else s.get("status")}
+                  for name, s in stages.items()}
     statuses = [s.get("status") for s in stages.values()]
     status = ("running" if "running" in statuses else "failed" if "failed" in statuses
               else "interrupted" if "interrupted" in statuses else "done" if statuses else "starting")
