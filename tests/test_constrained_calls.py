@@ -19,7 +19,7 @@ import pytest
 from test_serve_api import MODEL, QWEN_JINJA, RunningServer  # noqa: E402  (tests/ is on sys.path)
 
 from tooltune.conversation import Tool
-from tooltune.engines import CallOpenerWatch, SamplingParams, load_engine
+from tooltune.engines import CallOpenerWatch, GreedyGrammar, SamplingParams, load_engine
 from tooltune.families.family import get_family
 from tooltune.families.respond import RespondOptions, constrained_call, respond
 from tooltune.serve.app import create_app
@@ -103,6 +103,30 @@ def test_engine_switches_to_the_call_grammar_after_the_opener(engine) -> None:
     assert engine.generate(prompt, SamplingParams(max_tokens=12, call_grammar=grammar)).text == free
 
 
+def test_greedy_grammar_decodes_exactly_as_the_full_grammar(engine) -> None:
+    """The fast path (top token checked alone, all candidates only when it is rejected) picks what llama-cpp-python's
+    grammar sampler (every candidate checked every token) picks under greedy decoding."""
+    prompt = engine.render(ROME, [WEATHER])
+    grammar = tool_call_grammar([Tool(WEATHER)], parallel=False)
+    engine.llm.reset()  # both runs from a cold cache: a prefix hit may change the last bits of the logits
+    full = engine.generate(prompt, SamplingParams(max_tokens=60, grammar=grammar)).text
+    lib = engine._llama_cpp
+    fast = GreedyGrammar(lib, lib.llama_model_get_vocab(engine.llm.model), grammar, engine.llm.n_vocab())
+    engine.llm.reset()
+    out: list[int] = []
+    for token in engine.llm.generate(engine.tokenize(prompt), top_k=0, top_p=1.0, min_p=0.0, temp=0.0,
+                                     logits_processor=[fast], reset=True):
+        if engine._is_end_of_generation(token) or len(out) == 60:
+            break
+        out.append(token)
+        fast.accept(token)
+    fast.close()
+    assert not fast.off
+    assert engine.llm.detokenize(out, special=True).decode("utf-8") == full
+    assert json.loads(full.split("<tool_call>\n", 1)[1].split("\n</tool_call>")[0])["arguments"]["unit"] in (
+        "celsius", "fahrenheit")
+
+
 # ------------------------------------------------------------------------------------------------ respond, eval
 
 
@@ -113,6 +137,12 @@ def test_respond_holds_an_auto_call_to_the_schema(engine) -> None:
     assert [c.name for c in free.calls] == ["get_weather"] and free.calls[0].arguments == {"city": "Rome"}
     assert [c.name for c in held.calls] == ["get_weather"] and _valid(held.calls[0].arguments)
     assert held.calls[0].arguments["city"] == "Rome" and not held.errors
+    # Greedy decoding checks the grammar on the top token only (GreedyGrammar); sampling applies it to every candidate
+    # (llama-cpp-python's grammar sampler). Both hold the call to the schema.
+    for seed in (1, 2, 3):
+        sampled = respond(engine, ROME, [WEATHER], RespondOptions(params=SamplingParams(max_tokens=60, temperature=0.7,
+                                                                                        seed=seed)))
+        assert [c.name for c in sampled.calls] == ["get_weather"] and _valid(sampled.calls[0].arguments), sampled.raw
     # A reply that opens no call is the model's own text either way.
     chat = [{"role": "user", "content": "Write one sentence about the sea."}]
     assert (respond(engine, chat, [WEATHER], RespondOptions(params=params)).raw

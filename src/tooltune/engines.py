@@ -133,6 +133,56 @@ class CallOpenerWatch:
         return not self.text[at + len(self.trigger):].strip()
 
 
+class GreedyGrammar:
+    """A llama.cpp grammar for greedy decoding at nearly no cost per token, as llama.cpp's own sampler does it: the
+    most likely token is checked against the grammar alone, and only when the grammar rejects it are all candidates
+    checked (llama-cpp-python's grammar sampler checks every one of the ~50k every token: measured 18.9 against
+    13.8 ms per token on the demo model). Used as a llama-cpp-python logits processor, with ``accept`` told each token
+    decoded, for ``temperature <= 0`` and no repeat penalty, where the greedy pick is the processor's own argmax."""
+
+    def __init__(self, lib: Any, vocab: Any, gbnf: str, n_vocab: int) -> None:
+        import numpy as np
+
+        self._np, self._lib = np, lib
+        self.sampler = lib.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        if not self.sampler:
+            raise EngineError("invalid grammar: llama.cpp could not parse it (see its log above)")
+        self._one = (lib.llama_token_data * 1)()
+        self._one_array = lib.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
+        self._all = np.zeros(n_vocab, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
+        self._all["id"] = np.arange(n_vocab, dtype=np.int32)
+        data = ctypes.cast(self._all.ctypes.data, ctypes.POINTER(lib.llama_token_data))
+        self._all_array = lib.llama_token_data_array(data=data, size=n_vocab, selected=-1, sorted=False)
+        self.off = False  # set when a token the grammar rejects was decoded anyway: stop constraining, never crash
+
+    def allows(self, token: int) -> bool:
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        self._one_array.selected, self._one_array.sorted = -1, False
+        self._lib.llama_sampler_apply(self.sampler, ctypes.byref(self._one_array))
+        return self._one[0].logit != float("-inf")
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        if self.off or self.allows(int(self._np.argmax(logits))):
+            return logits
+        self._all["logit"] = logits
+        self._all_array.selected, self._all_array.sorted = -1, False
+        self._lib.llama_sampler_apply(self.sampler, ctypes.byref(self._all_array))
+        return self._all["logit"]
+
+    def accept(self, token: int) -> None:
+        # llama.cpp aborts the process when a grammar is fed a token it rejects; that cannot happen when the greedy
+        # pick is this processor's, but a sampler setting that changes the pick must end the constraint, not the run.
+        if self.off or not self.allows(token):
+            self.off = True
+            return
+        self._lib.llama_sampler_accept(self.sampler, token)
+
+    def close(self) -> None:
+        if self.sampler:
+            self._lib.llama_sampler_free(self.sampler)
+            self.sampler = None
+
+
 class Engine:
     """Shared behaviour: rendering with the model's chat template and the non-streaming ``generate``."""
 
@@ -402,12 +452,24 @@ class LlamaCppEngine(Engine):
         text_parts: list[str] = []
         finish: Literal["stop", "length"] = "length"
 
-        def tokens_from(active_grammar: Any) -> Any:
+        greedy_call: GreedyGrammar | None = None  # the call grammar's fast path, once the opener is written
+
+        def tokens_from(active_grammar: Any, processor: Any = None) -> Any:
             # A restart after the call opener re-reads nothing: llama-cpp-python keeps the evaluated prefix
             # (prompt + completion so far) and evaluates only the token it has not seen.
             return self.llm.generate(tokens + completion, top_k=params.top_k if params.top_k > 0 else 0,
                                      top_p=params.top_p, min_p=0.0, temp=params.temperature,
-                                     repeat_penalty=params.repeat_penalty, grammar=active_grammar, reset=True)
+                                     repeat_penalty=params.repeat_penalty, grammar=active_grammar, reset=True,
+                                     logits_processor=[processor] if processor is not None else None)
+
+        def constrained_rest() -> Any:
+            nonlocal greedy_call
+            if params.temperature <= 0 and params.repeat_penalty == 1.0:
+                lib = self._llama_cpp
+                greedy_call = GreedyGrammar(lib, lib.llama_model_get_vocab(self.llm.model), params.call_grammar or "",
+                                            self.llm.n_vocab())
+                return tokens_from(None, greedy_call)
+            return tokens_from(call_grammar)
 
         generator = tokens_from(grammar)
         try:
@@ -420,6 +482,8 @@ class LlamaCppEngine(Engine):
                         finish = "stop"
                         break
                     completion.append(token)
+                    if greedy_call is not None:
+                        greedy_call.accept(token)
                     piece = decoder.decode(self.llm.detokenize([token], prev_tokens=tokens + completion[:-1],
                                                                special=token in self._preserved))
                     emit, stopped = stop.push(piece)
@@ -435,10 +499,12 @@ class LlamaCppEngine(Engine):
                         switch = True
                         break
                 generator.close()
-                generator = tokens_from(call_grammar) if switch else None
+                generator = constrained_rest() if switch else None
         finally:
             if generator is not None:
                 generator.close()
+            if greedy_call is not None:
+                greedy_call.close()
         tail = decoder.decode(b"", final=True) + (stop.flush() if finish == "length" else "")
         if tail:
             text_parts.append(tail)
