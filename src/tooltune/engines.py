@@ -108,6 +108,15 @@ class _StopMatcher:
         return out
 
 
+def _through_stops(stop: _StopMatcher, piece: str, text_parts: list[str]) -> tuple[Chunk | None, bool]:
+    """A decoded piece through the stop matcher: the chunk safe to send now (also kept in ``text_parts``) and whether
+    a stop string ended the reply."""
+    emit, stopped = stop.push(piece)
+    if emit:
+        text_parts.append(emit)
+    return (Chunk(emit) if emit else None), stopped
+
+
 class CallOpenerWatch:
     """Watches generated text for the opener of a tool call (``SamplingParams.call_trigger``).
 
@@ -486,14 +495,11 @@ class LlamaCppEngine(Engine):
                         greedy_call.accept(token)
                     piece = decoder.decode(self.llm.detokenize([token], prev_tokens=tokens + completion[:-1],
                                                                special=token in self._preserved))
-                    emit, stopped = stop.push(piece)
-                    if emit:
-                        text_parts.append(emit)
-                        yield Chunk(emit)
-                    if stopped:
-                        finish = "stop"
-                        break
-                    if len(completion) >= max_tokens:
+                    chunk, stopped = _through_stops(stop, piece, text_parts)
+                    if chunk is not None:
+                        yield chunk
+                    if stopped or len(completion) >= max_tokens:
+                        finish = "stop" if stopped else "length"
                         break
                     if opener.push(piece):
                         switch = True
@@ -600,10 +606,9 @@ class TransformersEngine(Engine):
                 if full.endswith("\ufffd"):
                     continue
                 piece, emitted_text = full[len(emitted_text):], full
-                emit, stopped = stop.push(piece)
-                if emit:
-                    text_parts.append(emit)
-                    yield Chunk(emit)
+                chunk, stopped = _through_stops(stop, piece, text_parts)
+                if chunk is not None:
+                    yield chunk
                 if stopped:
                     finish = "stop"
                     break
