@@ -59,7 +59,9 @@ class ToolForcingEngine:
         if params.grammar is None and "<tools>" in prompt and "<tool_response>" not in prompt:
             tools = [Tool(json.loads(line)) for line in prompt.split("<tools>\n", 1)[1].split("\n</tools>")[0]
                      .splitlines()]
-            params = replace(params, grammar=tool_call_grammar(tools, parallel=False))
+            # Greedy: sampled from a per-request random seed, an untuned model's forced string argument sometimes
+            # ran on until the context filled (done_reason "length", one CI run in many); greedy is reproducible.
+            params = replace(params, grammar=tool_call_grammar(tools, parallel=False), temperature=0.0)
         return self.inner.stream(prompt, params)
 
 

@@ -59,6 +59,16 @@ class SamplingParams:
     call_trigger: str | None = None
     call_grammar: str | None = None
 
+    @property
+    def constrains_calls(self) -> bool:
+        """A call grammar takes over after the opener (both given, and no grammar from the first token)."""
+        return bool(self.call_trigger and self.call_grammar and not self.grammar)
+
+    @property
+    def greedy(self) -> bool:
+        """The pick is the top logit itself: nothing (temperature, repeat penalty) changes it after the logits."""
+        return self.temperature <= 0 and self.repeat_penalty == 1.0
+
 
 @dataclass
 class Chunk:
@@ -158,10 +168,9 @@ class GreedyGrammar:
             raise EngineError("invalid grammar: llama.cpp could not parse it (see its log above)")
         self._one = (lib.llama_token_data * 1)()
         self._one_array = lib.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
-        self._all = np.zeros(n_vocab, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
-        self._all["id"] = np.arange(n_vocab, dtype=np.int32)
-        data = ctypes.cast(self._all.ctypes.data, ctypes.POINTER(lib.llama_token_data))
-        self._all_array = lib.llama_token_data_array(data=data, size=n_vocab, selected=-1, sorted=False)
+        self._n_vocab = n_vocab
+        self._all: Any = None  # every candidate, built the first time the grammar rejects the top token
+        self._all_array: Any = None
         self.off = False  # set when a token the grammar rejects was decoded anyway: stop constraining, never crash
 
     def allows(self, token: int) -> bool:
@@ -173,6 +182,12 @@ class GreedyGrammar:
     def __call__(self, input_ids: Any, logits: Any) -> Any:
         if self.off or self.allows(int(self._np.argmax(logits))):
             return logits
+        if self._all is None:
+            np, lib = self._np, self._lib
+            self._all = np.zeros(self._n_vocab, dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+            self._all["id"] = np.arange(self._n_vocab, dtype=np.int32)
+            data = ctypes.cast(self._all.ctypes.data, ctypes.POINTER(lib.llama_token_data))
+            self._all_array = lib.llama_token_data_array(data=data, size=self._n_vocab, selected=-1, sorted=False)
         self._all["logit"] = logits
         self._all_array.selected, self._all_array.sorted = -1, False
         self._lib.llama_sampler_apply(self.sampler, ctypes.byref(self._all_array))
@@ -449,9 +464,17 @@ class LlamaCppEngine(Engine):
         self._use_adapter(params.adapter)
         max_tokens = min(params.max_tokens, window - len(tokens))
         grammar = self._compile_grammar(params.grammar) if params.grammar else None
-        lazy = bool(params.call_grammar and params.call_trigger and grammar is None)
-        call_grammar = self._compile_grammar(params.call_grammar) if lazy else None
-        opener = CallOpenerWatch(params.call_trigger if lazy else None)
+        # The call grammar is parsed once, now (a bad one fails the request before any text), in the form the rest of
+        # the reply will use: the greedy fast path, or llama-cpp-python's grammar for sampled requests.
+        call_grammar: Any = None
+        if params.constrains_calls:
+            if params.greedy:
+                lib = self._llama_cpp
+                call_grammar = GreedyGrammar(lib, lib.llama_model_get_vocab(self.llm.model), params.call_grammar or "",
+                                             self.llm.n_vocab())
+            else:
+                call_grammar = self._compile_grammar(params.call_grammar or "")
+        opener = CallOpenerWatch(params.call_trigger if params.constrains_calls else None)
         self.llm.set_seed(params.seed)
         stop = _StopMatcher(self._stops(params))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -461,7 +484,7 @@ class LlamaCppEngine(Engine):
         text_parts: list[str] = []
         finish: Literal["stop", "length"] = "length"
 
-        greedy_call: GreedyGrammar | None = None  # the call grammar's fast path, once the opener is written
+        greedy_call: GreedyGrammar | None = None  # the fast path's grammar, once the opener put it in force
 
         def tokens_from(active_grammar: Any, processor: Any = None) -> Any:
             # A restart after the call opener re-reads nothing: llama-cpp-python keeps the evaluated prefix
@@ -473,10 +496,8 @@ class LlamaCppEngine(Engine):
 
         def constrained_rest() -> Any:
             nonlocal greedy_call
-            if params.temperature <= 0 and params.repeat_penalty == 1.0:
-                lib = self._llama_cpp
-                greedy_call = GreedyGrammar(lib, lib.llama_model_get_vocab(self.llm.model), params.call_grammar or "",
-                                            self.llm.n_vocab())
+            if isinstance(call_grammar, GreedyGrammar):
+                greedy_call = call_grammar
                 return tokens_from(None, greedy_call)
             return tokens_from(call_grammar)
 
@@ -509,8 +530,8 @@ class LlamaCppEngine(Engine):
         finally:
             if generator is not None:
                 generator.close()
-            if greedy_call is not None:
-                greedy_call.close()
+            if isinstance(call_grammar, GreedyGrammar):
+                call_grammar.close()
         tail = decoder.decode(b"", final=True) + (stop.flush() if finish == "length" else "")
         if tail:
             text_parts.append(tail)

@@ -100,15 +100,16 @@ def forced_call(family: Family | None, tools: list[Tool], only: str | None, para
 
 # The text that opens a call in each family's syntax. Llama 3.2 writes a bare JSON object with no opener to wait
 # for, so its calls are constrained only when forced.
-_CALL_OPENERS = {"hermes": OPEN_TAG, "mistral": "[TOOL_CALLS]", "phi4": "<|tool_call|>"}
+_CALL_OPENERS = {"hermes": OPEN_TAG, **_FORCED_PREFIX}
 
 
-def constrained_call(family: Family | None, tools: list[Tool], parallel: bool = True) -> tuple[str, str] | None:
+def constrained_call(family: Family | None, tools: list[Tool], parallel: bool = True,
+                     limits: Any = None) -> tuple[str, str] | None:
     """(opener, grammar) for ``tool_choice: auto``: once the model writes the family's call opener, the grammar holds
     the rest of its reply to calls of the offered tools (names, required arguments, types, enums). None when the
     family has no opener or a tool's schema cannot safely become a grammar — beyond the size/depth/repetition limits
-    that keep llama.cpp's grammar compiler from crashing (``serve.limits``), or one the converter cannot express: the
-    reply is then read as the model wrote it."""
+    that keep llama.cpp's grammar compiler from crashing (``limits``: a server's ``RequestLimits``, the defaults
+    otherwise), or one the converter cannot express: the reply is then read as the model wrote it."""
     from tooltune.conversation import ConversationError
     from tooltune.serve.grammar import GrammarError, tool_call_grammar
     from tooltune.serve.limits import LimitError, RequestLimits, check_schema
@@ -118,9 +119,8 @@ def constrained_call(family: Family | None, tools: list[Tool], parallel: bool = 
     if opener is None or not tools:
         return None
     try:
-        limits = RequestLimits()
         for tool in tools:
-            check_schema(tool.json_schema(), f"tools.{tool.name}", limits)
+            check_schema(tool.json_schema(), f"tools.{tool.name}", limits or RequestLimits())
     except (LimitError, ConversationError):
         return None
     try:

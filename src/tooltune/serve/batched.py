@@ -127,8 +127,7 @@ class BatchedLoop:
                               f"{self.slot_ctx} (--n-ctx with --parallel {self.parallel})")
         window = engine._check_budget(len(tokens), params)
         self.use_adapter(params.adapter)
-        lazy = bool(params.call_trigger and params.call_grammar and not params.grammar)
-        if lazy:  # a call grammar that llama.cpp cannot parse fails the request now, not mid-reply
+        if params.constrains_calls:  # a call grammar that llama.cpp cannot parse fails the request now, not mid-reply
             self.lib.llama_sampler_free(self._sampler(replace(params, grammar=params.call_grammar), []))
         seq = self.free_seqs.pop()
         try:
@@ -141,7 +140,7 @@ class BatchedLoop:
                                max_tokens=min(params.max_tokens, window - len(tokens)), sampler=sampler,
                                stop=_StopMatcher(engine._stops(params)),
                                decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"), params=params,
-                               opener=CallOpenerWatch(params.call_trigger if lazy else None)))
+                               opener=CallOpenerWatch(params.call_trigger if params.constrains_calls else None)))
 
     def release(self, slot: Slot) -> None:
         self.slots.remove(slot)

@@ -9,6 +9,7 @@ Phi-4-mini call marker) and already fed to the parser; ``feed``/``finish`` turn 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from tooltune.conversation import Tool
 from tooltune.families import detect
@@ -44,11 +45,12 @@ class _TextOnly:
 class ReplyReader:
     def __init__(self, chat_template: str, prompt: str, tools: list[Tool], parse_calls: bool,
                  forced: str | None = None, parallel: bool = True, bare_json_calls: bool = False,
-                 constrain_calls: bool = False) -> None:
+                 constrain_calls: bool = False, limits: Any = None) -> None:
         """``forced``: None (the model decides), "" (some tool) or a tool's name; ``bare_json_calls``: when the model
         decides, also read a bare JSON / ```json call naming an offered tool (the parsers' ``lenient``);
         ``constrain_calls``: when the model decides and opens a call, hold the call to the tools' schemas
-        (``call_trigger``/``call_grammar`` go into the request's sampling parameters)."""
+        (``call_trigger``/``call_grammar`` go into the request's sampling parameters), for schemas within ``limits``
+        (the server's ``RequestLimits``)."""
         self.family = family_of_template(chat_template)
         self.grammar: str | None = None
         self.prefix = ""
@@ -57,7 +59,7 @@ class ReplyReader:
         if forced is not None:
             self.grammar, self.prefix = forced_call(self.family, tools, forced or None, parallel=parallel)
         elif constrain_calls and parse_calls and tools:
-            lazy = constrained_call(self.family, tools, parallel=parallel)
+            lazy = constrained_call(self.family, tools, parallel=parallel, limits=limits)
             if lazy is not None:
                 self.call_trigger, self.call_grammar = lazy
         thinks = bool(self.family and self.family.thinks)

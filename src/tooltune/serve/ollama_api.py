@@ -71,7 +71,7 @@ def build_router(state: ServerState) -> APIRouter:
         prompt = state.render(messages, tools, enable_thinking=body.think if isinstance(body.think, bool) else None)
         reader = ReplyReader(state.engine.chat_template, prompt, tools, parse_calls=bool(tools),
                              bare_json_calls=state.config.bare_json_calls,
-                             constrain_calls=state.constrains_calls(tools))
+                             constrain_calls=state.constrains_calls(tools), limits=state.config.limits)
         params = _sampling(state, body.options, _format_grammar(state, body.format), reader)
         if not body.stream:
             text, job = await state.run_to_end(request, prompt, params)

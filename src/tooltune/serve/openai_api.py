@@ -70,7 +70,7 @@ class ToolPlan:
             return ReplyReader(state.engine.chat_template, prompt, self.tools, parse_calls=self.parse,
                                forced=self.forced, parallel=self.parallel and not self.forced,
                                bare_json_calls=state.config.bare_json_calls,
-                               constrain_calls=state.constrains_calls(self.tools))
+                               constrain_calls=state.constrains_calls(self.tools), limits=state.config.limits)
         except grammars.GrammarError as exc:
             raise ApiError(400, f"tools: {exc}") from exc
 

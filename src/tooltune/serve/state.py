@@ -185,16 +185,9 @@ class ServerState:
 
     def constrains_calls(self, tools: list[Tool]) -> bool:
         """Whether a call the model opens under tool_choice auto is held to the tools' schemas: on llama.cpp, when
-        configured, and only for schemas within the grammar limits (one beyond them is served unconstrained here,
-        where it used to be accepted, rather than refused: the client did not ask for a constraint)."""
-        if not (self.config.constrain_calls and self.engine.supports_grammar and tools):
-            return False
-        try:
-            for tool in tools:
-                check_schema(tool.json_schema(), f"tools.{tool.name}", self.config.limits)
-        except (LimitError, ConversationError):
-            return False
-        return True
+        configured (a schema beyond this server's grammar limits is then served unconstrained, not refused: the
+        client did not ask for a constraint; ``respond.constrained_call`` checks it against ``config.limits``)."""
+        return bool(self.config.constrain_calls and self.engine.supports_grammar and tools)
 
     def parse_messages(self, raw_messages: list[Any], field_name: str = "messages") -> list[Message]:
         # The Modelfile's MESSAGE lines were checked when it was read; the request's are checked field by field.
