@@ -17,6 +17,8 @@ Each configuration runs in its own process (peak RSS = that process's ``ru_maxrs
     tooltune-nogc     the same without gradient checkpointing (faster, more memory; only with --variants)
     tooltune-cached   tooltune-nogc plus ``--cache_prompt``: each batch's prompt runs once without gradients (an
                       approximation of the gradient, docs/train.md; only with --variants)
+    tooltune-half     tooltune with ``--lora_layers 15``: LoRA on the last half of SmolLM2's 30 layers, the first
+                      half forward only (BENCH_LORA_LAYERS to try another count; only with --variants)
 
 Usage: python bench/train.py [--samples 32] [--threads 1] [--lf-python /tmp/lfenv/bin/python]
 """
@@ -83,8 +85,9 @@ def worker_tooltune(model: str, samples: int, out: str, variant: str) -> dict:
     from tooltune.train.callbacks import read_log
 
     _time_trainer_train()
-    fast = variant in ("tooltune", "tooltune-nogc", "tooltune-cached")
-    checkpointing = variant == "tooltune"
+    fast = variant in ("tooltune", "tooltune-nogc", "tooltune-cached", "tooltune-half")
+    checkpointing = variant in ("tooltune", "tooltune-half")
+    layers = ["--lora_layers", os.environ.get("BENCH_LORA_LAYERS", "15")] if variant == "tooltune-half" else []
     cached = variant == "tooltune-cached"
     argv = [
         "--model_name_or_path",
@@ -130,6 +133,7 @@ def worker_tooltune(model: str, samples: int, out: str, variant: str) -> dict:
         os.environ.get("BENCH_CHECKPOINT_LAYERS", "auto") if fast else "all",
         "--cache_prompt",
         str(cached).lower(),
+        *layers,
     ]
     classes = (ModelArguments, DataArguments, FinetuningArguments, TrainArguments)
     result = train(*parse_into(classes, argv), console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
@@ -249,7 +253,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="HF dir (default: the embedded SmolLM2-135M, imported)")
     parser.add_argument("--lf-python", default="/tmp/lfenv/bin/python", help="python of a venv with llamafactory")
     parser.add_argument(
-        "--variants", default="tooltune-before,tooltune", help="tooltune runs (+ tooltune-nogc, tooltune-cached)"
+        "--variants", default="tooltune-before,tooltune",
+        help="tooltune runs (+ tooltune-nogc, tooltune-cached, tooltune-half)",
     )
     parser.add_argument("--no-lf", action="store_true", help="skip the LLaMA-Factory run")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of all runs (median time, worst peak memory)")
@@ -317,8 +322,9 @@ def main() -> None:
             f"{name:<17}{r['train_wall_s']:>8.1f}{r['train_cpu_s']:>8.1f}{rate:>8.1f}{trained_rate:>15.1f}"
             f"{trained_cpu_rate:>11.1f}{r['peak_rss_mb']:>13.0f}{r.get('peak_rss_before_train_mb', 0):>16.0f}"
         )
-    base_name = "llamafactory" if "llamafactory" in runs else "tooltune-before"
-    if base_name not in runs:
+    # The baseline: LLaMA-Factory when it ran, else tooltune's own before/default run (for -nogc, -cached, -half).
+    base_name = next((n for n in ("llamafactory", "tooltune-before", "tooltune") if n in runs), None)
+    if base_name is None:
         return
     base = runs[base_name]
     for name in [n for n in runs if n != base_name]:

@@ -159,6 +159,21 @@ def test_base_plus_adapter_gives_merged_logits_in_llama_cpp(llama_ggufs: dict[st
     assert gap > 20 * check.max_abs_diff
 
 
+def test_adapter_on_the_last_layers_only(tiny_llama_dir: Path, llama_ggufs: dict[str, Path], tmp_path: Path) -> None:
+    """`--lora_layers` trains some decoder layers only: the file holds just their matrices, and llama.cpp's base +
+    adapter still gives the merged model's logits."""
+    pytest.importorskip("llama_cpp")
+    from tooltune.gguf.adapter_check import check_adapter_logits
+
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter", merged_dir=tmp_path / "merged",
+                           layers_to_transform=[1])
+    converted = convert_adapter(adapter, llama_ggufs["base"], tmp_path / "adapter.gguf", "f16").path
+    assert {name.split(".")[1] for name in _tensors(converted)} == {"1"}
+    merged = convert_to_gguf(tmp_path / "merged", tmp_path / "merged.gguf", "f16")
+    check = check_adapter_logits(llama_ggufs["base"], converted, merged, threads=2)
+    assert check.passed, check.summary()
+
+
 def test_cli_converts_and_checks(llama_ggufs: dict[str, Path], llama_lora: tuple[Path, Path], tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     out = tmp_path / "cli-adapter.gguf"

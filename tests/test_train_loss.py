@@ -230,3 +230,69 @@ def test_cached_prompt_is_off_in_eval_and_for_short_prompts(tiny_llama_dir):
     causal_lm_loss(model, _prompt_heavy_batch(model.config.vocab_size), None, cache_prompt=True)
     hook.remove()
     assert calls == [1, 1]  # one forward each: nothing cut
+
+
+def _lora_layers_step(model_dir, checkpointing: bool, lora_layers: int | None = 1,
+                      ) -> tuple[list[bool], dict[str, torch.Tensor]]:
+    """One backward pass of a 2-layer model: whether each layer's output required grad, and the LoRA gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from tooltune.train.args import FinetuningArguments
+    from tooltune.train.model import attach_lora, enable_gradient_checkpointing
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    peft_model = attach_lora(model, ModelArguments(), FinetuningArguments(lora_target=["all"], lora_layers=lora_layers))
+    with torch.no_grad():  # a fresh adapter has B = 0; non-zero B lets gradients reach A too
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    peft_model.train()
+    needs_grad: list[bool] = []
+    for layer in peft_model.base_model.model.model.layers:
+        layer.register_forward_hook(lambda _m, _i, out: needs_grad.append(
+            (out[0] if isinstance(out, tuple) else out).requires_grad))
+    ids = torch.randint(5, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    return needs_grad[:2], {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def test_lora_layers_adapts_the_last_layers_and_skips_the_backward_below(tiny_qwen2_dir, tmp_path):
+    """--lora_layers 1 on a 2-layer model: only the last layer gets LoRA weights, and the first layer's output does
+    not require grad — its backward pass is never built — with gradient checkpointing on or off, which give the same
+    gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from tooltune.train.args import FinetuningArguments
+    from tooltune.train.model import attach_lora
+
+    plain_flags, plain = _lora_layers_step(tiny_qwen2_dir, checkpointing=False)
+    checkpointed_flags, checkpointed = _lora_layers_step(tiny_qwen2_dir, checkpointing=True)
+    assert plain_flags == checkpointed_flags == [False, True]
+    assert plain and {n.split(".layers.")[1].split(".")[0] for n in plain} == {"1"}
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7)
+    # Every layer adapted: checkpointing still reaches the first layer's LoRA weights with the embeddings' output
+    # not requiring grad (the non-reentrant checkpoint does not need it).
+    _, plain = _lora_layers_step(tiny_qwen2_dir, checkpointing=False, lora_layers=None)
+    _, checkpointed = _lora_layers_step(tiny_qwen2_dir, checkpointing=True, lora_layers=None)
+    assert {n.split(".layers.")[1].split(".")[0] for n in plain} == {"0", "1"} and plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7)
+
+    first = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, use_safetensors=True), ModelArguments(),
+                        FinetuningArguments(lora_target=["q_proj"], lora_layers=-1))
+    assert {n.split(".layers.")[1].split(".")[0] for n, _ in first.named_parameters() if "lora_A" in n} == {"0"}
+    adapter = tmp_path / "adapter"
+    first.save_pretrained(adapter)
+    with pytest.raises(TrainConfigError, match="--lora_layers shapes a new adapter"):
+        attach_lora(AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, use_safetensors=True),
+                    ModelArguments(adapter_name_or_path=str(adapter)), FinetuningArguments(lora_layers=1))
+    for bad in (0, 3, -3):
+        with pytest.raises(TrainConfigError, match=f"--lora_layers {bad}: .* 2 decoder layers"):
+            attach_lora(AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, use_safetensors=True), ModelArguments(),
+                        FinetuningArguments(lora_layers=bad))

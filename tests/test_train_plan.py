@@ -36,6 +36,10 @@ def test_seed_numbers_300_samples():
     assert plan.warnings == []
     text = "\n".join(plan.lines())
     assert "2 × 8 = 16" in text and "19/epoch × 5 epochs = 95 total" in text and "(21% of total)" in text
+    assert "in layers" not in text
+    some_layers = compute_plan(samples=300, per_device_batch=2, gradient_accumulation=8, epochs=5,
+                               trainable_params=10, total_params=1000, adapted_layers="15-29 of 30")
+    assert "10 trainable / 1,000 total (1.000%) in layers 15-29 of 30" in "\n".join(some_layers.lines())
 
 
 def test_multi_device_and_max_steps():
@@ -102,11 +106,11 @@ def test_next_keys_users_reach_for():
     argv = shlex.split(
         "--lora_rank 16 --lora_alpha 32 --lora_dropout 0.05 --lora_target all --warmup_ratio 0.1 "
         "--lr_scheduler_type cosine --weight_decay 0.01 --max_grad_norm 0.5 --max_samples 100 --val_size 0.1 "
-        "--seed 7 --resume_from_checkpoint last --report_to none --group_by_length true --fp16"
+        "--seed 7 --resume_from_checkpoint last --report_to none --group_by_length true --fp16 --lora-layers -4"
     )
     model, data, finetune, training = parse_into(CLASSES, argv)
     assert (finetune.lora_rank, finetune.lora_alpha, finetune.lora_dropout) == (16, 32, 0.05)
-    assert finetune.lora_target == ["all"]
+    assert finetune.lora_target == ["all"] and finetune.lora_layers == -4
     assert (training.warmup_ratio, training.lr_scheduler_type, training.weight_decay) == (0.1, "cosine", 0.01)
     assert (data.max_samples, data.val_size, data.seed, training.seed) == (100, 0.1, 7, 7)
     assert training.resume_from_checkpoint == "last" and training.fp16 and training.group_by_length

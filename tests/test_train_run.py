@@ -201,3 +201,19 @@ def test_cache_prompt_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
     with pytest.raises(Exception, match="--cache_prompt and --packing exclude each other"):
         train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, tmp_path / "packed", cache_prompt="true",
                                               packing="true", gradient_checkpointing="false")))
+
+
+def test_lora_layers_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
+    """--lora_layers through the whole training path (the seed's command, gradient checkpointing on): the plan names
+    the layers, and the adapter written holds those layers' weights only and says so in adapter_config.json."""
+    from safetensors import safe_open
+
+    data_dir = write_mini_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    result = train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, out, max_steps=2, num_train_epochs=1,
+                                                  lora_layers=1)))
+    assert result.plan.adapted_layers == "1 of 2"
+    assert json.loads((out / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    with safe_open(out / "adapter_model.safetensors", "pt") as weights:
+        names = list(weights.keys())  # a safetensors handle is not iterable
+    assert names and all(".layers.1." in name for name in names)

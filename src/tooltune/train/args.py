@@ -55,6 +55,11 @@ class FinetuningArguments:
     loraplus_lr_ratio: float | None = field(
         default=None, metadata=_help("LoRA+: the B matrices learn at this many times the learning rate (e.g. 16)")
     )
+    lora_layers: int | None = field(
+        default=None,
+        metadata=_help("LoRA on the last N decoder layers only (negative: the first N; default: all). The layers below "
+                       "the first adapted one run forward only, so each step skips their backward pass"),
+    )
     additional_target: list[str] | None = field(
         default=None, metadata=_help("extra modules trained in full and saved with the adapter (e.g. embed_tokens)")
     )

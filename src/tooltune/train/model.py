@@ -119,8 +119,9 @@ def resolve_lora_targets(model: nn.Module, requested: list[str]) -> list[str]:
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Non-reentrant checkpointing, plus inputs that require grad so a frozen embedding still lets gradients reach
-    the LoRA weights inside checkpointed blocks (the reentrant variant needs it; it is harmless otherwise)."""
+    """Non-reentrant checkpointing: gradients reach the LoRA weights inside a checkpointed block without the
+    embeddings' output requiring grad (the reentrant variant needs that, and it would run the frozen layers below
+    ``--lora_layers`` backward for nothing)."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise TrainConfigError(f"{type(model).__name__} does not support gradient checkpointing; pass it as false")
     # transformers 5 renamed it; older releases only have the gradient_* spelling.
@@ -128,8 +129,20 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
+    if hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()  # transformers sets it for the reentrant variant (and peft again later)
     model.config.use_cache = False
+
+
+def adapted_layers(model: nn.Module, lora_layers: int | None) -> list[int] | None:
+    """The decoder layers ``--lora_layers`` names (the last N, or with a negative N the first N); None: all of them."""
+    if lora_layers is None:
+        return None
+    total = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if lora_layers == 0 or total == 0 or abs(lora_layers) > total:
+        raise TrainConfigError(f"--lora_layers {lora_layers}: {type(model).__name__} has {total} decoder layers; "
+                               f"give 1..{total} (the last N) or -1..-{total} (the first N)")
+    return list(range(total - lora_layers, total)) if lora_layers > 0 else list(range(-lora_layers))
 
 
 def attach_lora(model: nn.Module, model_args: ModelArguments, finetune: FinetuningArguments) -> nn.Module:
@@ -139,6 +152,9 @@ def attach_lora(model: nn.Module, model_args: ModelArguments, finetune: Finetuni
         adapter = Path(model_args.adapter_name_or_path)
         if not (adapter / "adapter_config.json").is_file():
             raise ModelLoadError(f"--adapter_name_or_path {adapter}: no adapter_config.json")
+        if finetune.lora_layers is not None:
+            raise TrainConfigError(f"--lora_layers shapes a new adapter; {adapter} keeps training on the layers its "
+                                   "adapter_config.json names (layers_to_transform): drop one of the two")
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     targets = resolve_lora_targets(model, finetune.lora_target)
     config = LoraConfig(
@@ -149,8 +165,15 @@ def attach_lora(model: nn.Module, model_args: ModelArguments, finetune: Finetuni
         target_modules=targets,
         use_rslora=finetune.use_rslora,
         modules_to_save=finetune.additional_target,
+        layers_to_transform=adapted_layers(model, finetune.lora_layers),
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    if hasattr(model, "disable_input_require_grads"):
+        # peft makes the embeddings' output require grad when checkpointing is on, for the reentrant checkpoint;
+        # ours is non-reentrant, and that flag alone would make autograd run every frozen layer below the first
+        # adapted one backward too (under --lora_layers, half the model's backward for nothing).
+        model.disable_input_require_grads()
+    return peft_model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -35,6 +35,7 @@ class TrainPlan:
     total_params: int
     device: str
     dtype: str
+    adapted_layers: str = ""  # "15-29 of 30" under --lora_layers; empty: every layer
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -57,7 +58,7 @@ class TrainPlan:
             f"steps          {self.steps_per_epoch:,}/epoch × {self.epochs:g} epochs = {self.total_steps:,} total",
             f"warmup         {self.warmup_steps:,} steps ({self.warmup_share:.0%} of total)",
             f"parameters     {self.trainable_params:,} trainable / {self.total_params:,} total "
-            f"({self.trainable_share:.3%})",
+            f"({self.trainable_share:.3%})" + (f" in layers {self.adapted_layers}" if self.adapted_layers else ""),
             f"device         {self.device}, {self.dtype}",
         ]
 
@@ -95,6 +96,7 @@ def compute_plan(
     total_params: int = 0,
     device: str = "cpu",
     dtype: str = "float32",
+    adapted_layers: str = "",
 ) -> TrainPlan:
     batches, per_epoch = steps_per_epoch(samples, per_device_batch, gradient_accumulation, world_size)
     effective = per_device_batch * gradient_accumulation * world_size
@@ -143,5 +145,6 @@ def compute_plan(
         total_params=total_params,
         device=device,
         dtype=dtype,
+        adapted_layers=adapted_layers,
         warnings=warnings,
     )
