@@ -179,6 +179,19 @@ def test_quantize_errors(tmp_path: Path, llama256_dir: Path) -> None:
     with pytest.raises(QuantizeError, match="importance matrix"):
         quantize_gguf(f16, tmp_path / "o.gguf", "IQ2_XXS")
     assert not (tmp_path / "o.gguf").exists()
+    # The struct header reader gives gguf-py's figures (tensor bytes, weights) for float and quantized files ...
+    from tooltune.gguf.quantize import measure_gguf
+
+    for path in (f16, q8, requantized.output):
+        tensors = gguf.GGUFReader(path).tensors
+        size = measure_gguf(path)
+        assert (size.tensor_bytes, size.n_elements) == (sum(int(t.n_bytes) for t in tensors),
+                                                       sum(int(t.n_elements) for t in tensors))
+    # ... and a file cut short of its tensors is refused by name, before llama.cpp reads past its end.
+    cut = tmp_path / "cut-f16.gguf"
+    cut.write_bytes(f16.read_bytes()[:-1000])
+    with pytest.raises(QuantizeError, match=r"cut-f16\.gguf: damaged GGUF \(truncated: its tensors end at byte"):
+        quantize_gguf(cut, tmp_path / "o.gguf", "Q4_K_M")
 
 
 # ---- gguf-report: measured table ----

@@ -13,7 +13,6 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -674,8 +673,3 @@ def _progress(show: bool) -> Progress | _NullProgress:
         return _NullProgress()
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                     TimeRemainingColumn(), transient=True)
-
-
-def iter_tensor_names(path: str | Path) -> Iterator[str]:
-    for tensor in gguf.GGUFReader(path).tensors:
-        yield tensor.name

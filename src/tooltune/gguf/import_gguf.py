@@ -21,7 +21,7 @@ from tooltune.atomic import atomic_dir
 from tooltune.default_model import DEFAULT_MODEL_NAME, cache_dir, default_gguf_path
 from tooltune.errors import TooltuneError
 from tooltune.gguf.convert import unpermute_from_llama_cpp
-from tooltune.gguf.quantize import check_gguf
+from tooltune.gguf.quantize import open_gguf_reader
 
 
 class ImportGGUFError(TooltuneError):
@@ -255,7 +255,7 @@ def import_gguf_model(gguf_path: str | Path, out_dir: str | Path) -> ImportResul
 
     start = time.perf_counter()
     path = Path(gguf_path)
-    reader = check_gguf(path, error=ImportGGUFError, hint="")
+    reader = open_gguf_reader(path, error=ImportGGUFError)
     arch = _field(reader, "general.architecture")
     info = _ARCHS.get(arch)
     if info is None:

@@ -87,13 +87,11 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def _file_type(path: Path) -> str:
     import gguf
 
-    reader = check_gguf(path)
-    field_ = reader.fields.get("general.file_type")
-    if field_ is None:
+    value = check_gguf(path).metadata.get("general.file_type")
+    if value is None:
         return "?"
-    value = int(field_.contents())
     try:
-        return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        return gguf.LlamaFileType(int(value)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
     except ValueError:
         return str(value)
 
