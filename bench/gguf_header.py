@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import gguf  # noqa: E402
 
-from tooltune.gguf.quantize import check_gguf, measure_gguf  # noqa: E402
+from tooltune.gguf.quantize import check_gguf, gguf_size  # noqa: E402
 
 
 def with_gguf_py(path: Path) -> tuple[int, int, int]:
@@ -31,8 +31,9 @@ def with_gguf_py(path: Path) -> tuple[int, int, int]:
 
 
 def with_tooltune(path: Path) -> tuple[int, int, int]:
-    size = measure_gguf(path)
-    return size.tensor_bytes, size.n_elements, int(check_gguf(path).metadata["general.file_type"])
+    header = check_gguf(path)  # what the quantize stage now does: one read, checked, sized and typed
+    size = gguf_size(header)
+    return size.tensor_bytes, size.n_elements, int(header.metadata["general.file_type"])
 
 
 def best_of(repeat: int, job, path: Path) -> tuple[float, tuple[int, int, int]]:
@@ -57,7 +58,7 @@ def main() -> None:
         theirs_s, theirs = best_of(args.repeat, with_gguf_py, path)
         ours_s, ours = best_of(args.repeat, with_tooltune, path)
         assert ours == theirs, (path, ours, theirs)  # the same figures from both readers
-        print(f"{path.name}: gguf-py GGUFReader {theirs_s:.3f} s, tooltune (measure + check) {ours_s:.3f} s → "
+        print(f"{path.name}: gguf-py GGUFReader {theirs_s:.3f} s, tooltune {ours_s:.3f} s → "
               f"{theirs_s / ours_s:.1f}× faster; {theirs[0]:,} tensor bytes, {theirs[1]:,} weights, file type "
               f"{theirs[2]}")
 

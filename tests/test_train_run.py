@@ -217,3 +217,7 @@ def test_lora_layers_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
     with safe_open(out / "adapter_model.safetensors", "pt") as weights:
         names = list(weights.keys())  # a safetensors handle is not iterable
     assert names and all(".layers.1." in name for name in names)
+    # Training on from that adapter: the plan reads the layers from the adapter's own config.
+    resumed = train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, tmp_path / "more", max_steps=1,
+                                                   num_train_epochs=1, adapter_name_or_path=str(out))))
+    assert resumed.plan.adapted_layers == "1 of 2"

@@ -118,9 +118,10 @@ def constrained_call(family: Family | None, tools: list[Tool], parallel: bool = 
     opener = _CALL_OPENERS.get(syntax)
     if opener is None or not tools:
         return None
+    limits = limits or RequestLimits()
     try:
         for tool in tools:
-            check_schema(tool.json_schema(), f"tools.{tool.name}", limits or RequestLimits())
+            check_schema(tool.json_schema(), f"tools.{tool.name}", limits)
     except (LimitError, ConversationError):
         return None
     try:

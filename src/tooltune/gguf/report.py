@@ -19,7 +19,8 @@ import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tooltune.errors import TooltuneError
-from tooltune.gguf.quantize import check_gguf, measure_gguf
+from tooltune.gguf.header import GGUFHeader
+from tooltune.gguf.quantize import check_gguf, gguf_size
 
 DEMO_TEXT_FILE = Path(__file__).resolve().parent.parent / "resources" / "data" / "glaive_toolcall_en_demo.json"
 
@@ -84,10 +85,10 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def _file_type(path: Path) -> str:
+def _file_type(header: GGUFHeader) -> str:
     import gguf
 
-    value = check_gguf(path).metadata.get("general.file_type")
+    value = header.metadata.get("general.file_type")
     if value is None:
         return "?"
     try:
@@ -128,8 +129,7 @@ def gguf_report(
     paths = [Path(f) for f in files]
     if not paths:
         raise ReportError("give at least one GGUF file (the first is the reference)")
-    for path in paths:
-        check_gguf(path)
+    headers = [check_gguf(path) for path in paths]  # each file read once: checked here, sized and typed below
     if text is None and text_file is not None:
         source = Path(text_file)
         if not source.is_file():
@@ -165,7 +165,7 @@ def gguf_report(
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True,
                             disable=not show_progress)
         with progress:
-            for index, path in enumerate(paths):
+            for index, (path, header) in enumerate(zip(paths, headers, strict=True)):
                 task = progress.add_task(f"evaluate {path.name}", total=n_chunks + 1)
                 llm = _load(path, n_ctx, n_threads)
                 if llm.n_vocab() != n_vocab:
@@ -189,10 +189,10 @@ def gguf_report(
                 n_scored = n_chunks * scored_per_chunk
                 speed = _decode_speed(llm, decode_prompt, decode_tokens)
                 progress.advance(task)
-                size = measure_gguf(path)
+                size = gguf_size(header)
                 rows.append(FileRow(
                     file=str(path),
-                    file_type=_file_type(path),
+                    file_type=_file_type(header),
                     size_mib=size.file_bytes / 2**20,
                     bits_per_weight=size.bits_per_weight,
                     perplexity=float(np.exp(nll_sum / n_scored)),

@@ -155,25 +155,39 @@ def attach_lora(model: nn.Module, model_args: ModelArguments, finetune: Finetuni
         if finetune.lora_layers is not None:
             raise TrainConfigError(f"--lora_layers shapes a new adapter; {adapter} keeps training on the layers its "
                                    "adapter_config.json names (layers_to_transform): drop one of the two")
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    targets = resolve_lora_targets(model, finetune.lora_target)
-    config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=finetune.lora_rank,
-        lora_alpha=resolve_lora_alpha(finetune),
-        lora_dropout=finetune.lora_dropout,
-        target_modules=targets,
-        use_rslora=finetune.use_rslora,
-        modules_to_save=finetune.additional_target,
-        layers_to_transform=adapted_layers(model, finetune.lora_layers),
-    )
-    peft_model = get_peft_model(model, config)
+        peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    else:
+        config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=finetune.lora_rank,
+            lora_alpha=resolve_lora_alpha(finetune),
+            lora_dropout=finetune.lora_dropout,
+            target_modules=resolve_lora_targets(model, finetune.lora_target),
+            use_rslora=finetune.use_rslora,
+            modules_to_save=finetune.additional_target,
+            layers_to_transform=adapted_layers(model, finetune.lora_layers),
+        )
+        peft_model = get_peft_model(model, config)
     if hasattr(model, "disable_input_require_grads"):
-        # peft makes the embeddings' output require grad when checkpointing is on, for the reentrant checkpoint;
-        # ours is non-reentrant, and that flag alone would make autograd run every frozen layer below the first
-        # adapted one backward too (under --lora_layers, half the model's backward for nothing).
+        # peft (new or loaded adapter) makes the embeddings' output require grad when checkpointing is on, for the
+        # reentrant checkpoint; ours is non-reentrant, and that flag alone would make autograd run every frozen layer
+        # below the first adapted one backward too (under --lora_layers, half the model's backward for nothing).
         model.disable_input_require_grads()
     return peft_model
+
+
+def adapted_layers_label(peft_model: nn.Module) -> str:
+    """Which decoder layers the attached adapter trains, for the plan ("15-29 of 30"); empty when it trains them all.
+    Read from the adapter's own config, so a loaded adapter (--adapter_name_or_path) is described the same way."""
+    layers = next(iter(peft_model.peft_config.values())).layers_to_transform
+    if layers is None:
+        return ""
+    layers = sorted([layers] if isinstance(layers, int) else layers)
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        span = f"{layers[0]}-{layers[-1]}"
+    else:
+        span = ",".join(map(str, layers))
+    return f"{span} of {peft_model.config.num_hidden_layers}"
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -189,7 +189,7 @@ def train(
     from tooltune.train.activations import lean_swiglu, plan_checkpointing
     from tooltune.train.batching import EncodedDataset, PadToLongestCollator
     from tooltune.train.model import (
-        adapted_layers,
+        adapted_layers_label,
         attach_lora,
         count_parameters,
         enable_gradient_checkpointing,
@@ -233,11 +233,6 @@ def train(
     gradient_checkpointing = training_args.gradient_checkpointing and not training_args.disable_gradient_checkpointing
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    layers = None if model_args.adapter_name_or_path else adapted_layers(model, finetune_args.lora_layers)
-    adapted = ""
-    if layers:
-        span = str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
-        adapted = f"{span} of {model.config.num_hidden_layers}"
     model = attach_lora(model, model_args, finetune_args)
     trainable, total = count_parameters(model)
     lean_swiglu(model)
@@ -263,7 +258,7 @@ def train(
         total_params=total,
         device=precision.device_name,
         dtype=precision.label + checkpointing_label,
-        adapted_layers=adapted,
+        adapted_layers=adapted_layers_label(model),
     )
     if main:
         print_plan(console, plan, model_path, data)
