@@ -1,4 +1,4 @@
-"""Masking, the two cutoff policies, history masking, train_on_prompt and packing."""
+"""Masking, the two cutoff policies, history masking, train_on_prompt, packing and shared prompt prefixes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from tooltune.encode import (
     encode_turns,
     infer_seqlen,
     pack_samples,
+    share_prefixes,
+    shareable_length,
 )
 from tooltune.templates import get_template
 
@@ -119,6 +121,7 @@ def test_packing_keeps_every_sample_with_its_own_positions(qwen, glaive) -> None
             assert block.input_ids[offset : offset + n] == sample.input_ids
             assert block.labels[offset : offset + n] == sample.labels
             assert block.position_ids[offset : offset + n] == list(range(n))
+            assert set(block.segment_ids[offset : offset + n]) == {block.sample_positions.index(position) + 1}
             offset += n
         seen += block.sample_positions
     assert sorted(seen) == sorted(by_position)
@@ -144,3 +147,72 @@ def test_bad_arguments(qwen, glaive) -> None:
     other = Conversation(messages=[Message("user", "x"), Message("user", "y"), Message("assistant", "z")])
     report = encode_dataset([other], qwen)
     assert "two prompt turns" in report.skipped[0].reason
+
+
+def _same_tools(glaive: list[Conversation], count: int) -> list[Conversation]:
+    """Conversations that offer the same tools as glaive's first call sample, each with its own request and call:
+    what `tooltune synth` writes for one tool."""
+    from dataclasses import replace
+
+    base = next(c for c in glaive if c.tools and any(m.tool_calls for m in c.messages))
+    call_turn = next(m for m in base.messages if m.tool_calls)
+    out = []
+    for n in range(count):
+        arguments = call_turn.tool_calls[0].arguments
+        varied = {key: f"{value} {n}" if isinstance(value, str) else value for key, value in arguments.items()}
+        call = replace(call_turn.tool_calls[0], arguments=varied)
+        out.append(Conversation([Message("user", f"request number {n}: " + "please " * n),
+                                 Message("assistant", tool_calls=[call])], tools=base.tools, index=n))
+    return out
+
+
+def test_shared_prefix_rows_hold_every_sample_once_and_share_only_prompt(qwen, glaive) -> None:
+    conversations = _same_tools(glaive, 7) + glaive[:12]
+    report = encode_dataset(conversations, qwen, cutoff_len=1024, share_prefix=True)
+    samples = {s.position: s for s in report.samples}
+    assert report.shared_prefixes and report.blocks is not None
+    seen = []
+    shared_rows = 0
+    for block in report.blocks:
+        n = len(block.input_ids)
+        assert n <= 1024 and n == len(block.labels) == len(block.position_ids) == len(block.segment_ids)
+        prefix = block.shared_prefix
+        assert block.segment_ids[:prefix] == [0] * prefix and block.labels[:prefix] == [IGNORE_INDEX] * prefix
+        shared_rows += len(block.sample_positions) > 1
+        offset = prefix
+        for segment, position in enumerate(block.sample_positions, start=1):
+            sample = samples[position]
+            assert prefix <= shareable_length(sample) and sample.input_ids[:prefix] == block.input_ids[:prefix]
+            rest = len(sample.input_ids) - prefix
+            # The sample, whole: the shared prefix then its own tokens, labels and positions as if it stood alone.
+            assert block.input_ids[offset : offset + rest] == sample.input_ids[prefix:]
+            assert block.labels[offset : offset + rest] == sample.labels[prefix:]
+            assert block.position_ids[offset : offset + rest] == list(range(prefix, len(sample.input_ids)))
+            assert block.segment_ids[offset : offset + rest] == [segment] * rest
+            assert block.labels[offset] == IGNORE_INDEX  # what ends the previous sample never predicts this one
+            offset += rest
+        seen += block.sample_positions
+    assert sorted(seen) == sorted(samples)
+    # The seven requests for the same tools share their system prompt and schemas: fewer tokens, same trained ones.
+    assert shared_rows >= 1
+    computed = sum(len(b.input_ids) for b in report.blocks)
+    assert computed < report.tokens
+    assert sum(1 for b in report.blocks for label in b.labels if label != IGNORE_INDEX) == report.trained_tokens
+    assert "rows sharing prompt prefixes" in report.summary()
+
+
+def test_shared_prefix_rows_stay_within_cutoff_and_keep_lone_samples_whole(qwen, glaive) -> None:
+    conversations = _same_tools(glaive, 7)
+    samples = encode_dataset(conversations, qwen, cutoff_len=1024).samples
+    one = len(samples[0].input_ids)
+    rows = share_prefixes(samples, cutoff_len=one + 40)  # room for a second sample's own tokens, not a third's
+    assert all(len(b.input_ids) <= one + 40 for b in rows)
+    assert sorted(p for b in rows for p in b.sample_positions) == list(range(7))
+    # Nothing shared (every sample already trained from its first token): one sample per row, no prefix.
+    trained_from_start = [type(s)(s.input_ids, list(s.input_ids), False, position=s.position) for s in samples]
+    rows = share_prefixes(trained_from_start, cutoff_len=4096)
+    assert [len(b.sample_positions) for b in rows] == [1] * 7 and all(b.shared_prefix == 0 for b in rows)
+    with pytest.raises(EncodeError, match="do not fit"):
+        share_prefixes(samples, cutoff_len=one - 1)
+    with pytest.raises(EncodeError, match="exclude each other"):
+        encode_dataset(conversations, qwen, packing=True, share_prefix=True)

@@ -17,12 +17,13 @@ class Sample:
         self.input_ids, self.labels = input_ids, labels
 
 
-def _tiny_lora(model_dir, targets=("q_proj", "v_proj")):
+def _tiny_lora(model_dir, targets=("q_proj", "v_proj"), kernel=None):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    kwargs = {"attn_implementation": kernel} if kernel else {}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True, **kwargs)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets)))
     with torch.no_grad():  # a fresh adapter has B = 0; make it non-zero so gradients reach both A and B
         for name, param in peft_model.named_parameters():
@@ -296,3 +297,85 @@ def test_lora_layers_adapts_the_last_layers_and_skips_the_backward_below(tiny_qw
         with pytest.raises(TrainConfigError, match=f"--lora_layers {bad}: .* 2 decoder layers"):
             attach_lora(AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, use_safetensors=True), ModelArguments(),
                         FinetuningArguments(lora_layers=bad))
+
+
+def _rows_and_samples(vocab: int, share: bool):
+    """Four samples whose first 40 tokens are the same untrained prompt, as rows (``share_prefixes`` or
+    ``pack_samples``) and one by one."""
+    from tooltune.encode import Encoded, pack_samples, share_prefixes
+
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(5, vocab, (40,), generator=g).tolist()
+    samples = []
+    for n, (own, trained_from) in enumerate(((9, 3), (14, 5), (6, 2), (11, 4))):
+        ids = prompt + torch.randint(5, vocab, (own,), generator=g).tolist()
+        labels = [-100] * (40 + trained_from) + ids[40 + trained_from :]
+        samples.append(Encoded(ids, labels, False, position=n))
+    rows = share_prefixes(samples, 64) if share else pack_samples(samples, 160)
+    return rows, samples
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@pytest.mark.parametrize("share", [False, True])
+def test_rows_of_several_samples_give_each_sample_its_own_loss_and_gradient(tiny_llama_dir, kernel, share):
+    """A row that holds several samples (--packing; --share_prefix, which also holds their common prompt once)
+    computes exactly what the samples compute one by one: each attends to itself and the shared prefix only. Before
+    the 4D mask, packed samples read the ones packed before them (transformers ignores restarted positions when a
+    2D attention mask is given)."""
+    model = _tiny_lora(tiny_llama_dir, kernel=kernel).train()
+    rows, samples = _rows_and_samples(model.config.vocab_size, share)
+    assert len(rows) < len(samples)
+    if share:
+        assert rows[0].shared_prefix == 40  # the common prompt, each sample's own tokens after it
+    params = [p for p in model.parameters() if p.requires_grad]
+    collate = PadToLongestCollator(pad_token_id=0)
+    trained = sum(1 for s in samples for label in s.labels if label != -100)
+    for fused in (False, True):
+        head = TrainedPositionsHead(find_lm_head(model), fused=fused)
+        try:
+            alone = [causal_lm_loss(model, collate([EncodedDataset([s])[0]]), head, trained)[0] for s in samples]
+            expected_loss = torch.stack(alone).sum()
+            expected = torch.autograd.grad(expected_loss, params)
+            rows_dataset = EncodedDataset(rows)
+            batch = collate([rows_dataset[i] for i in range(len(rows_dataset))])
+            assert "segment_ids" in batch and batch["segment_ids"].min() == -1 or len(rows) == 1
+            loss, _, counted = causal_lm_loss(model, batch, head, trained)
+            got = torch.autograd.grad(loss, params)
+        finally:
+            head.remove()
+        assert counted == trained
+        torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_segment_attention_mask():
+    from tooltune.train.loss import segment_attention
+
+    segments = torch.tensor([[0, 0, 1, 1, 2, -1]])
+    allowed = segment_attention(segments, eager=False, dtype=torch.float32)[0, 0]
+    assert allowed.dtype == torch.bool
+    assert allowed.tolist() == [
+        [True, False, False, False, False, False],
+        [True, True, False, False, False, False],
+        [True, True, True, False, False, False],
+        [True, True, True, True, False, False],
+        [True, True, False, False, True, False],  # the second sample: the shared prefix and itself, not the first
+        [False, False, False, False, False, True],  # padding reads padding only, so no row is empty
+    ]
+    additive = segment_attention(segments, eager=True, dtype=torch.bfloat16)[0, 0]
+    assert additive.dtype == torch.bfloat16
+    assert torch.equal(additive == 0, allowed)
+
+
+def test_collator_adds_segments_only_for_rows_of_several_samples():
+    from tooltune.encode import PackedBlock
+
+    collate = PadToLongestCollator(pad_token_id=0)
+    single = Sample([5, 6, 7], [-100, 6, 7])
+    alone = PackedBlock([5, 6], [-100, 6], [0, 1], [0], [1, 1])
+    assert "segment_ids" not in collate([EncodedDataset([single, alone])[i] for i in range(2)])
+    packed = PackedBlock([5, 6, 8, 9], [-100, 6, -100, 9], [0, 1, 0, 1], [0, 1], [1, 1, 2, 2])
+    batch = collate([EncodedDataset([single, packed])[i] for i in range(2)])
+    assert batch["segment_ids"].tolist() == [[1, 1, 1, -1], [1, 1, 2, 2]]
+    assert batch["position_ids"].tolist()[1] == [0, 1, 0, 1]

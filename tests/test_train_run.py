@@ -203,6 +203,36 @@ def test_cache_prompt_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
                                               packing="true", gradient_checkpointing="false")))
 
 
+def test_share_prefix_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
+    """--share_prefix through the whole training path (the seed's command, gradient checkpointing on): the twelve
+    records offer the same tools, so they train in fewer rows, and one step over all of them has the loss of one
+    step over the same samples unshared — the same sum over the same trained tokens. What it cannot serve is
+    refused with the flag to change."""
+    data_dir = write_mini_dataset(tmp_path / "data")
+
+    def first_step(out, **flags):
+        result = train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, out, max_steps=1, num_train_epochs=1,
+                                                      per_device_train_batch_size=16, gradient_accumulation_steps=1,
+                                                      **flags)))
+        assert (out / "adapter_model.safetensors").is_file()
+        losses = [r["loss"] for r in read_log(out / "trainer_log.jsonl") if "loss" in r]
+        return result.plan, losses[0]
+
+    plain_plan, plain = first_step(tmp_path / "plain")
+    shared_plan, shared = first_step(tmp_path / "shared", share_prefix="true")
+    _, unchecked = first_step(tmp_path / "unchecked", share_prefix="true", gradient_checkpointing="false")
+    assert plain_plan.samples == 12 and shared_plan.samples < 12
+    assert shared_plan.tokens < plain_plan.tokens and shared_plan.trained_tokens == plain_plan.trained_tokens
+    assert shared == pytest.approx(plain, rel=1e-4) and unchecked == pytest.approx(plain, rel=1e-4)
+    for flags, message in (({"cache_prompt": "true", "gradient_checkpointing": "false"},
+                            "--cache_prompt and --share_prefix exclude each other"),
+                           ({"flash_attn": "fa2"}, "--share_prefix needs a per-sample attention mask"),
+                           ({"packing": "true"}, "--packing and --share_prefix exclude each other")):
+        with pytest.raises(Exception, match=message):
+            train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, tmp_path / "refused", share_prefix="true",
+                                                  **flags)))
+
+
 def test_lora_layers_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
     """--lora_layers through the whole training path (the seed's command, gradient checkpointing on): the plan names
     the layers, and the adapter written holds those layers' weights only and says so in adapter_config.json."""

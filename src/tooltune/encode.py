@@ -5,8 +5,9 @@ Public API (training, preview and preprocess call these):
     encode_conversation(conv, template, tokenizer=None, cutoff_len=2048, policy="safe",
                         train_on_prompt=False, mask_history=False) -> Encoded      (raises EncodeError if skipped)
     encode_dataset(conversations, template, cutoff_len=2048, policy="safe", train_on_prompt=False,
-                   mask_history=False, packing=False, on_progress=None) -> EncodeReport
+                   mask_history=False, packing=False, share_prefix=False, on_progress=None) -> EncodeReport
     pack_samples(samples, cutoff_len) -> list[PackedBlock]
+    share_prefixes(samples, cutoff_len) -> list[PackedBlock]
 
 Labels are ``IGNORE_INDEX`` (-100) for every token the model must not learn to produce: prompts (system, tools, user
 turns, tool results, assistant headers) and, with ``mask_history``, every response but the last. Each response keeps
@@ -73,19 +74,25 @@ class Skipped:
 
 @dataclass
 class PackedBlock:
-    """Several samples in one sequence; ``position_ids`` restart at 0 for each so attention can tell them apart."""
+    """Several samples in one row. ``segment_ids`` name each token's sample (1, 2, ...; 0 marks a prefix that every
+    sample of the row shares) and ``position_ids`` number each sample's tokens as if it stood alone (after the shared
+    prefix). A sample attends to its own tokens and the shared prefix only: the trainer builds that attention mask
+    from ``segment_ids``, so a packed sample computes what it would alone."""
 
     input_ids: list[int]
     labels: list[int]
     position_ids: list[int]
     sample_positions: list[int]
+    segment_ids: list[int] = field(default_factory=list)
+    shared_prefix: int = 0  # tokens at the start of the row that every sample in it reads
 
 
 @dataclass
 class EncodeReport:
     samples: list[Encoded] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
-    blocks: list[PackedBlock] | None = None  # set when packing
+    blocks: list[PackedBlock] | None = None  # set when packing or sharing prefixes
+    shared_prefixes: bool = False  # blocks hold samples that share their prompt's start (share_prefix)
     cutoff_len: int = 0
     policy: str = "safe"
 
@@ -116,9 +123,19 @@ class EncodeReport:
             f"{self.trained_tokens} trained; length p50 {pct[50]} p90 {pct[90]} p99 {pct[99]} max {pct[100]}; "
             f"{self.truncated} {hit} at cutoff_len {self.cutoff_len} ({self.policy})"
         )
-        if self.blocks is not None:
+        if self.blocks is not None and self.shared_prefixes:
+            line += f"; {self.sharing_summary()}"
+        elif self.blocks is not None:
             line += f"; packed into {len(self.blocks)} blocks"
         return line
+
+    def sharing_summary(self) -> str:
+        """``89 samples in 14 rows sharing prompt prefixes: 64,466 → 27,103 tokens computed (2.38× fewer)``."""
+        computed = sum(len(block.input_ids) for block in self.blocks or [])
+        return (
+            f"{len(self.samples)} samples in {len(self.blocks or [])} rows sharing prompt prefixes: "
+            f"{self.tokens:,} → {computed:,} tokens computed ({self.tokens / max(computed, 1):.2f}× fewer)"
+        )
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
@@ -253,10 +270,16 @@ def encode_dataset(
     train_on_prompt: bool = False,
     mask_history: bool = False,
     packing: bool = False,
+    share_prefix: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     chunk_size: int = 1024,
 ) -> EncodeReport:
-    """Every conversation, in order; those that yield no sample are listed in ``skipped`` with the reason."""
+    """Every conversation, in order; those that yield no sample are listed in ``skipped`` with the reason.
+
+    ``packing``: samples first-fit into ``cutoff_len`` rows; ``share_prefix``: samples whose prompts start alike
+    (system prompt + tool schemas) share one copy of that start in a row (``share_prefixes``)."""
+    if packing and share_prefix:
+        raise EncodeError("--packing and --share_prefix exclude each other: choose one way of filling rows")
     report = EncodeReport(cutoff_len=cutoff_len, policy=policy)
     for start in range(0, len(conversations), chunk_size):
         chunk = conversations[start : start + chunk_size]
@@ -278,6 +301,9 @@ def encode_dataset(
             on_progress(min(start + chunk_size, len(conversations)), len(conversations))
     if packing:
         report.blocks = pack_samples(report.samples, cutoff_len)
+    elif share_prefix:
+        report.blocks = share_prefixes(report.samples, cutoff_len)
+        report.shared_prefixes = True
     return report
 
 
@@ -306,6 +332,71 @@ def pack_samples(samples: list[Encoded], cutoff_len: int) -> list[PackedBlock]:
             block.input_ids += samples[i].input_ids
             block.labels += samples[i].labels
             block.position_ids += list(range(len(samples[i].input_ids)))
+            block.segment_ids += [len(block.sample_positions) + 1] * len(samples[i].input_ids)
             block.sample_positions.append(samples[i].position)
+        blocks.append(block)
+    return blocks
+
+
+# A shared prefix shorter than this saves less than the bookkeeping of a tree-shaped attention mask costs.
+MIN_SHARED_PREFIX = 32
+
+
+def shareable_length(sample: Encoded) -> int:
+    """How many leading tokens a sample can share with others: up to, not including, the token before its first
+    trained one — every sample of a row must begin with an untrained token, because the token before it (the end
+    of the previous sample) is not what predicts it."""
+    first_trained = next((i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX), len(sample.labels))
+    return max(0, first_trained - 1)
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def share_prefixes(samples: list[Encoded], cutoff_len: int, min_saved: int = MIN_SHARED_PREFIX) -> list[PackedBlock]:
+    """Rows of samples whose token ids start alike, holding that start once.
+
+    Tool-calling prompts are mostly the system prompt and the tool schemas, the same for every sample that offers
+    the same tools; computing them once per row instead of once per sample is exact: each sample attends to the
+    prefix and to itself only, with its own positions (``PackedBlock``). Samples are visited in token order, so
+    those with the longest common starts are neighbours, and a sample joins the current row while that saves at
+    least ``min_saved`` tokens (a shorter common start re-exposes the tokens the row's other samples shared) and the
+    row stays within ``cutoff_len``. Every sample is in exactly one row, most of them in rows of one when nothing is
+    shared."""
+    order = sorted(range(len(samples)), key=lambda i: (samples[i].input_ids, i))
+    rows: list[tuple[int, list[int]]] = []  # (shared length, members)
+    for i in order:
+        ids = samples[i].input_ids
+        if len(ids) > cutoff_len:
+            raise EncodeError(f"{samples[i].where()}: {len(ids)} tokens do not fit a {cutoff_len}-token row")
+        if rows:
+            shared, members = rows[-1]
+            common = min(shared, shareable_length(samples[i]), _common_length(samples[members[0]].input_ids, ids))
+            saved = common - (len(members) - 1) * (shared - common)
+            row_length = common + sum(len(samples[m].input_ids) - common for m in members) + len(ids) - common
+            if saved >= min_saved and row_length <= cutoff_len:
+                rows[-1] = (common, [*members, i])
+                continue
+        rows.append((shareable_length(samples[i]), [i]))
+    blocks: list[PackedBlock] = []
+    for shared, members in rows:
+        if len(members) == 1:
+            shared = 0  # alone in its row: nothing to share
+        members.sort()
+        lead = samples[members[0]].input_ids
+        block = PackedBlock(list(lead[:shared]), [IGNORE_INDEX] * shared, list(range(shared)), [], [0] * shared,
+                            shared_prefix=shared)
+        for segment, m in enumerate(members, start=1):
+            sample = samples[m]
+            block.input_ids += sample.input_ids[shared:]
+            block.labels += sample.labels[shared:]
+            block.position_ids += list(range(shared, len(sample.input_ids)))
+            block.segment_ids += [segment] * (len(sample.input_ids) - shared)
+            block.sample_positions.append(sample.position)
         blocks.append(block)
     return blocks

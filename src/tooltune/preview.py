@@ -100,7 +100,9 @@ def summary_table(prepared: PreparedDataset) -> Table:
     pct = report.length_percentiles()
     table.add_row("length", f"p50 {pct[50]}  p90 {pct[90]}  p99 {pct[99]}  max {pct[100]}")
     table.add_row("hit cutoff", f"{report.truncated}")
-    if report.blocks is not None:
+    if report.blocks is not None and report.shared_prefixes:
+        table.add_row("shared", report.sharing_summary())
+    elif report.blocks is not None:
         table.add_row("packed", f"{len(report.blocks)} blocks of ≤ {report.cutoff_len} tokens")
     return table
 

@@ -61,7 +61,15 @@ class DataArguments:
         default=None, metadata={"help": "System prompt used when a conversation has none (overrides the template's)."}
     )
     packing: bool = field(
-        default=False, metadata={"help": "Pack samples into cutoff_len blocks (per-sample positions)."}
+        default=False,
+        metadata={"help": "Pack samples into cutoff_len blocks; each sample attends to itself only, with its own "
+                          "positions (LLaMA-Factory's neat_packing)."},
+    )
+    share_prefix: bool = field(
+        default=False,
+        metadata={"help": "Rows of samples whose prompts start alike (system prompt + tool schemas) hold that start "
+                          "once; each sample attends to it and to itself only — the same loss and gradients, fewer "
+                          "tokens computed (docs/train.md)."},
     )
     strict: bool = field(default=False, metadata={"help": "Make any rejected record an error."})
 

@@ -32,7 +32,7 @@ def prepare_dataset(
                             thinking=args.thinking, tool_view=args.tool_view)
     train_convs, val_convs = split_train_val(load.conversations, args.val_size, args.seed)
 
-    def encode(conversations: list[Any], packing: bool) -> EncodeReport:
+    def encode(conversations: list[Any], packing: bool, share_prefix: bool = False) -> EncodeReport:
         return encode_dataset(
             conversations,
             template,
@@ -41,10 +41,11 @@ def prepare_dataset(
             train_on_prompt=args.train_on_prompt,
             mask_history=args.mask_history,
             packing=packing,
+            share_prefix=share_prefix,
             on_progress=on_progress,
         )
 
-    train = encode(train_convs, args.packing)
+    train = encode(train_convs, args.packing, args.share_prefix)
     val = encode(val_convs, False) if val_convs else None  # evaluation scores samples one by one
     return PreparedDataset(load=load, template=template, train=train, val=val)
 

@@ -1,8 +1,9 @@
 """Write encoded samples as JSON lines: ``{"index", "input_ids", "labels"}`` per sample, in dataset order.
 
 ``index`` is the sample's position in the loaded dataset (records of all --dataset names concatenated, rejected
-records left out). With ``--packing`` each row is a block and also carries ``position_ids`` and the packed
-``indices``. The file is written under a temporary name and renamed when complete.
+records left out). With ``--packing`` or ``--share_prefix`` each row is a block and also carries ``position_ids``,
+``segment_ids`` (each token's sample; 0 = a prefix the row's samples share) and the packed ``indices``. The file is
+written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def rows(report: EncodeReport) -> Iterator[dict[str, Any]]:
                 "input_ids": block.input_ids,
                 "labels": block.labels,
                 "position_ids": block.position_ids,
+                "segment_ids": block.segment_ids,
                 "indices": block.sample_positions,
             }
         return

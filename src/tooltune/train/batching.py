@@ -17,7 +17,8 @@ IGNORE_INDEX = -100
 
 
 class EncodedDataset(Dataset):
-    """Samples as ``{"input_ids": [...], "labels": [...]}`` (plus ``position_ids`` for packed samples)."""
+    """Samples as ``{"input_ids": [...], "labels": [...]}`` (plus ``position_ids`` and ``segment_ids`` for rows that
+    hold several samples: ``--packing``, ``--share_prefix``)."""
 
     def __init__(self, samples: Sequence[Any]) -> None:
         self.samples = list(samples)
@@ -31,15 +32,28 @@ class EncodedDataset(Dataset):
         position_ids = getattr(sample, "position_ids", None)
         if position_ids:
             item["position_ids"] = list(position_ids)
+        segment_ids = getattr(sample, "segment_ids", None)
+        if segment_ids:
+            item["segment_ids"] = list(segment_ids)
         return item
 
     def lengths(self) -> list[int]:
         return [len(sample.input_ids) for sample in self.samples]
 
 
+def holds_several(feature: dict[str, list[int]]) -> bool:
+    """Whether a row holds more than one sample (its tokens name more than one segment)."""
+    segments = feature.get("segment_ids")
+    return bool(segments) and min(segments) != max(segments)
+
+
 @dataclass
 class PadToLongestCollator:
-    """Right-pad a batch to its longest sample: labels with -100, attention mask 0, positions continue."""
+    """Right-pad a batch to its longest sample: labels with -100, attention mask 0, positions continue.
+
+    When a row holds several samples the batch also carries ``segment_ids`` (-1 on padding; a row of one sample is
+    all 1), from which ``tooltune.train.loss`` builds the attention mask that keeps each sample to itself and the
+    prefix it shares (segment 0)."""
 
     pad_token_id: int
 
@@ -48,7 +62,9 @@ class PadToLongestCollator:
         input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
-        has_positions = all("position_ids" in f for f in features)
+        # A row with its own positions (several samples in it) needs positions for the whole batch; a plain sample's
+        # are 0, 1, 2, ... as the model would number them.
+        has_positions = any("position_ids" in f for f in features)
         position_ids = torch.zeros((len(features), longest), dtype=torch.long) if has_positions else None
         for row, feature in enumerate(features):
             n = len(feature["input_ids"])
@@ -56,11 +72,18 @@ class PadToLongestCollator:
             labels[row, :n] = torch.tensor(feature["labels"], dtype=torch.long)
             attention_mask[row, :n] = 1
             if position_ids is not None:
-                position_ids[row, :n] = torch.tensor(feature["position_ids"], dtype=torch.long)
+                positions = feature.get("position_ids") or list(range(n))
+                position_ids[row, :n] = torch.tensor(positions, dtype=torch.long)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if position_ids is not None:
-            # Packed samples restart positions per sub-sample; the mask must then come from the positions.
             batch["position_ids"] = position_ids
+        if any(holds_several(f) for f in features):
+            segment_ids = torch.full((len(features), longest), -1, dtype=torch.long)
+            for row, feature in enumerate(features):
+                n = len(feature["input_ids"])
+                segments = feature.get("segment_ids") or [1] * n
+                segment_ids[row, :n] = torch.tensor(segments, dtype=torch.long)
+            batch["segment_ids"] = segment_ids
         return batch
 
 

@@ -19,6 +19,7 @@ class PreparedData:
     chat_template: str  # the Jinja template that renders exactly the training layout
     rejected: list[str] = field(default_factory=list)  # records the loader could not read: "file record N: reason"
     skipped: list[str] = field(default_factory=list)  # conversations the encoder could not fit / encode
+    sharing: str | None = None  # with share_prefix: samples, rows and tokens before → after
 
     @property
     def tokens(self) -> int:
@@ -49,10 +50,11 @@ def prepare_data(data_args: Any, tokenizer: Any) -> PreparedData:
         "train_on_prompt": data_args.train_on_prompt,
         "mask_history": data_args.mask_history,
     }
-    train_report = encode_dataset(train_convs, template, packing=data_args.packing, **options)
+    train_report = encode_dataset(train_convs, template, packing=data_args.packing,
+                                  share_prefix=getattr(data_args, "share_prefix", False), **options)
     eval_report = encode_dataset(eval_convs, template, **options) if eval_convs else None
-    # Packed blocks carry per-sample position_ids; the collator passes them on.
-    train = list(train_report.blocks) if data_args.packing and train_report.blocks else list(train_report.samples)
+    # Packed rows carry per-sample position and segment ids; the collator passes them on.
+    train = list(train_report.blocks) if train_report.blocks is not None else list(train_report.samples)
     if not train:
         raise TrainDataError(f"--dataset {data_args.dataset}: every sample was skipped by the encoder")
     return PreparedData(
@@ -61,6 +63,7 @@ def prepare_data(data_args: Any, tokenizer: Any) -> PreparedData:
         chat_template=template.jinja_chat_template,
         rejected=[_describe(r) for r in report.rejected],
         skipped=[_describe(s) for s in [*train_report.skipped, *(eval_report.skipped if eval_report else [])]],
+        sharing=train_report.sharing_summary() if train_report.shared_prefixes else None,
     )
 
 

@@ -23,6 +23,10 @@ inference, and the LoRA weights learn from the trained part only). A tool-callin
 88% of the tokens of the seed's tools, 43% of glaive's — so that is where the time goes; docs/train.md has what the
 approximation costs in accuracy (it is off by default).
 
+Rows that hold several samples (``--packing``, ``--share_prefix``) arrive with ``segment_ids``; ``segment_attention``
+turns them into the 4D attention mask that keeps each sample to its own tokens and the prefix its row shares, which
+transformers then uses as given (a 2D mask would let every sample read the ones packed before it).
+
 A model that post-processes its logits (soft-capping, scaling) would turn the fused loss into nonsense, so
 ``fused_head_matches`` compares both paths on a short input before the fused one is used.
 """
@@ -138,6 +142,38 @@ def lm_head_is_frozen(lm_head: nn.Module) -> bool:
     return not any(p.requires_grad for p in lm_head.parameters())
 
 
+def segment_attention(segment_ids: torch.Tensor, eager: bool, dtype: torch.dtype) -> torch.Tensor:
+    """``(batch, 1, seq, seq)`` attention mask from per-token segment ids: a token reads earlier tokens of its own
+    segment and of segment 0 (the row's shared prefix); padding (-1) reads only padding, so no row is empty. Boolean
+    (True = attend) for SDPA; additive (0 / the dtype's minimum) for the eager kernel, which adds it to the scores."""
+    length = segment_ids.shape[1]
+    causal = torch.ones((length, length), dtype=torch.bool, device=segment_ids.device).tril()
+    query = segment_ids[:, :, None]
+    key = segment_ids[:, None, :]
+    allowed = causal & ((query == key) | ((key == 0) & (query > 0)))
+    allowed = allowed[:, None]
+    if not eager:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def with_segment_attention(model: nn.Module, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace ``segment_ids`` (and the 2D padding mask) with the 4D mask ``segment_attention`` builds."""
+    segment_ids = model_inputs.pop("segment_ids", None)
+    if segment_ids is None:
+        return model_inputs
+    while isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    config = getattr(model, "config", None)
+    kernel = getattr(config, "_attn_implementation", None) or "sdpa"
+    if "flash" in kernel or "flex" in kernel:
+        raise RuntimeError(f"rows holding several samples need a 4D attention mask, which the {kernel} kernel does "
+                           "not take: train them with --flash_attn sdpa or eager")
+    embeddings = model.get_input_embeddings()
+    model_inputs["attention_mask"] = segment_attention(segment_ids, kernel == "eager", embeddings.weight.dtype)
+    return model_inputs
+
+
 # A prompt shorter than this is not worth a second forward call.
 MIN_CACHED_PROMPT = 16
 
@@ -208,10 +244,11 @@ def causal_lm_loss(
 
     Returns ``(loss, model outputs, trained tokens in this batch)``. With ``head`` None the full logits are computed
     (the reference path, and the fallback for architectures the hook cannot serve). ``cache_prompt``: the untrained
-    prefix runs without gradients (module docstring).
+    prefix runs without gradients (module docstring). Rows holding several samples run under the 4D mask of
+    ``segment_attention``.
     """
     labels = inputs["labels"]
-    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    model_inputs = with_segment_attention(model, {k: v for k, v in inputs.items() if k != "labels"})
     mask, targets = next_token_targets(labels)
     if cache_prompt and model.training:
         model_inputs, mask = run_prompt_cached(model, model_inputs, mask, head)

@@ -139,6 +139,8 @@ def print_plan(console: Console, plan: TrainPlan, model_path: Path, data: Prepar
     console.print(f"[bold]tooltune train[/bold] · {model_path}")
     for line in plan.lines():
         console.print(f"  {line}")
+    if data.sharing:
+        console.print(f"  shared        {data.sharing}")
     if data.rejected or data.skipped:
         console.print(
             f"  [yellow]left out[/yellow]   {len(data.rejected)} unreadable records, {len(data.skipped)} samples the "
@@ -206,9 +208,13 @@ def train(
     precision = resolve_precision(training_args)
     if data_args.cutoff_len < 2:
         raise TrainConfigError("--cutoff_len must be at least 2")
-    if training_args.cache_prompt and data_args.packing:
-        raise TrainConfigError("--cache_prompt and --packing exclude each other: a packed block has one prompt per "
-                               "sample, and only the first could be cached")
+    several = [flag for flag in ("packing", "share_prefix") if getattr(data_args, flag, False)]
+    if training_args.cache_prompt and several:
+        raise TrainConfigError(f"--cache_prompt and --{several[0]} exclude each other: a row holding several samples "
+                               "has one prompt per sample, and only the first could be cached")
+    if several and model_args.flash_attn == "fa2":
+        raise TrainConfigError(f"--{several[0]} needs a per-sample attention mask, which flash-attention 2 does not "
+                               "take: use --flash_attn sdpa (or auto)")
     started = time.monotonic()
     state = _distributed_state(training_args, precision)
     main = state.is_main_process
