@@ -126,7 +126,24 @@ def test_preprocess_writes_one_row_per_sample(qwen_tokenizer_dir: Path, tmp_path
     assert result.exit_code == 0, result.output
     blocks = [json.loads(line) for line in packed.read_text(encoding="utf-8").splitlines()]
     assert sorted(i for b in blocks for i in b["indices"]) == list(range(30))
-    assert all(len(b["input_ids"]) == len(b["position_ids"]) <= 2048 for b in blocks)
+    assert all(len(b["input_ids"]) == len(b["position_ids"]) == len(b["segment_ids"]) <= 2048 for b in blocks)
+
+    # --share_prefix: the mini dataset's records offer the same tools, so rows share their beginning; the preview
+    # says how much, and preprocess writes each row's segments (0 = the shared beginning).
+    from test_train_support import write_mini_dataset
+
+    data_dir = write_mini_dataset(tmp_path / "mini")
+    common = ("--model_name_or_path", str(qwen_tokenizer_dir), "--dataset", "mini_tools", "--dataset_dir",
+              str(data_dir), "--share_prefix", "true")
+    result = invoke("preview", *common, "--num_samples", "0")
+    assert result.exit_code == 0, result.output
+    assert "12 samples in" in result.output and "rows sharing prompt prefixes" in result.output
+    shared = tmp_path / "shared.jsonl"
+    result = invoke("preprocess", *common, "--out", str(shared))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in shared.read_text(encoding="utf-8").splitlines()]
+    assert sorted(i for r in rows for i in r["indices"]) == list(range(12)) and len(rows) < 12
+    assert any(r["segment_ids"][0] == 0 for r in rows)
     missing = invoke(
         "preprocess", "--model_name_or_path", str(qwen_tokenizer_dir), "--dataset", "glaive_toolcall_en_demo"
     )
