@@ -221,7 +221,10 @@ def test_share_prefix_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
     plain_plan, plain = first_step(tmp_path / "plain")
     shared_plan, shared = first_step(tmp_path / "shared", share_prefix="true")
     _, unchecked = first_step(tmp_path / "unchecked", share_prefix="true", gradient_checkpointing="false")
-    assert plain_plan.samples == 12 and shared_plan.samples < 12
+    assert plain_plan.samples == 12 and shared_plan.samples < 12 and shared_plan.packed_samples == 12
+    assert plain_plan.samples_label() == "12 samples"
+    assert shared_plan.samples_label() == f"{shared_plan.samples} rows (12 samples)"
+    assert shared_plan.lines()[0].startswith(f"samples        {shared_plan.samples} rows (12 samples) train")
     assert shared_plan.tokens < plain_plan.tokens and shared_plan.trained_tokens == plain_plan.trained_tokens
     assert shared == pytest.approx(plain, rel=1e-4) and unchecked == pytest.approx(plain, rel=1e-4)
     for flags, message in (({"cache_prompt": "true", "gradient_checkpointing": "false"},

@@ -152,7 +152,7 @@ def run_train(ctx: StageContext) -> StageOutput:
     metrics = train_metrics(result, ctx.work_dir)
     steps = metrics["loss"][-1][0] if metrics["loss"] else result.plan.total_steps
     loss = result.metrics.get("train_loss")
-    summary = f"{steps} steps on {result.plan.samples} samples" + (f", mean loss {loss:.3f}" if loss else "")
+    summary = f"{steps} steps on {result.plan.samples_label()}" + (f", mean loss {loss:.3f}" if loss else "")
     if checkpoint:
         summary += f", resumed from {checkpoint.name}"
     return StageOutput({"adapter": result.adapter_dir}, summary=summary, metrics=metrics)

@@ -20,6 +20,7 @@ class PreparedData:
     rejected: list[str] = field(default_factory=list)  # records the loader could not read: "file record N: reason"
     skipped: list[str] = field(default_factory=list)  # conversations the encoder could not fit / encode
     sharing: str | None = None  # with share_prefix: samples, rows and tokens before → after
+    packed_samples: int = 0  # samples held in the rows of ``train`` when rows hold several (packing, share_prefix)
 
     @property
     def tokens(self) -> int:
@@ -64,6 +65,7 @@ def prepare_data(data_args: Any, tokenizer: Any) -> PreparedData:
         rejected=[_describe(r) for r in report.rejected],
         skipped=[_describe(s) for s in [*train_report.skipped, *(eval_report.skipped if eval_report else [])]],
         sharing=train_report.sharing_summary() if train_report.shared_prefixes else None,
+        packed_samples=len(train_report.samples) if train_report.blocks is not None else 0,
     )
 
 

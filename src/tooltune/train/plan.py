@@ -36,7 +36,14 @@ class TrainPlan:
     device: str
     dtype: str
     adapted_layers: str = ""  # "15-29 of 30" under --lora_layers; empty: every layer
+    packed_samples: int = 0  # samples held in the ``samples`` rows (--packing, --share_prefix); 0: a row per sample
     warnings: list[str] = field(default_factory=list)
+
+    def samples_label(self) -> str:
+        """``89 samples`` or, when rows hold several, ``23 rows (89 samples)``."""
+        if self.packed_samples:
+            return f"{self.samples:,} rows ({self.packed_samples:,} samples)"
+        return f"{self.samples:,} samples"
 
     @property
     def trainable_share(self) -> float:
@@ -51,7 +58,8 @@ class TrainPlan:
         if self.world_size > 1:
             per_step += f" × {self.world_size} devices"
         return [
-            f"samples        {self.samples:,} train" + (f" + {self.eval_samples:,} eval" if self.eval_samples else ""),
+            f"samples        {self.samples_label()} train"
+            + (f" + {self.eval_samples:,} eval" if self.eval_samples else ""),
             f"tokens         {self.tokens:,} ({self.trained_tokens:,} trained, "
             f"{self.trained_tokens / max(self.tokens, 1):.0%})",
             f"effective batch {per_step} = {self.effective_batch}",
@@ -97,6 +105,7 @@ def compute_plan(
     device: str = "cpu",
     dtype: str = "float32",
     adapted_layers: str = "",
+    packed_samples: int = 0,
 ) -> TrainPlan:
     batches, per_epoch = steps_per_epoch(samples, per_device_batch, gradient_accumulation, world_size)
     effective = per_device_batch * gradient_accumulation * world_size
@@ -128,6 +137,7 @@ def compute_plan(
         )
     return TrainPlan(
         samples=samples,
+        packed_samples=packed_samples,
         eval_samples=eval_samples,
         tokens=tokens,
         trained_tokens=trained_tokens,

@@ -265,6 +265,7 @@ def train(
         device=precision.device_name,
         dtype=precision.label + checkpointing_label,
         adapted_layers=adapted_layers_label(model),
+        packed_samples=data.packed_samples,
     )
     if main:
         print_plan(console, plan, model_path, data)
