@@ -374,15 +374,16 @@ def share_prefixes(samples: list[Encoded], cutoff_len: int, min_saved: int = MIN
         ids = samples[i].input_ids
         if len(ids) > cutoff_len:
             raise EncodeError(f"{samples[i].where()}: {len(ids)} tokens do not fit a {cutoff_len}-token row")
+        limit = shareable_length(samples[i])
         if rows:
             shared, members = rows[-1]
-            common = min(shared, shareable_length(samples[i]), _common_length(samples[members[0]].input_ids, ids))
+            common = min(shared, limit, _common_length(samples[members[0]].input_ids, ids))
             saved = common - (len(members) - 1) * (shared - common)
             row_length = common + sum(len(samples[m].input_ids) - common for m in members) + len(ids) - common
             if saved >= min_saved and row_length <= cutoff_len:
                 rows[-1] = (common, [*members, i])
                 continue
-        rows.append((shareable_length(samples[i]), [i]))
+        rows.append((limit, [i]))
     blocks: list[PackedBlock] = []
     for shared, members in rows:
         if len(members) == 1:

@@ -66,6 +66,8 @@ class PadToLongestCollator:
         # are 0, 1, 2, ... as the model would number them.
         has_positions = any("position_ids" in f for f in features)
         position_ids = torch.zeros((len(features), longest), dtype=torch.long) if has_positions else None
+        needs_segments = any(holds_several(f) for f in features)
+        segment_ids = torch.full((len(features), longest), -1, dtype=torch.long) if needs_segments else None
         for row, feature in enumerate(features):
             n = len(feature["input_ids"])
             input_ids[row, :n] = torch.tensor(feature["input_ids"], dtype=torch.long)
@@ -74,15 +76,13 @@ class PadToLongestCollator:
             if position_ids is not None:
                 positions = feature.get("position_ids") or list(range(n))
                 position_ids[row, :n] = torch.tensor(positions, dtype=torch.long)
+            if segment_ids is not None:
+                segments = feature.get("segment_ids") or [1] * n
+                segment_ids[row, :n] = torch.tensor(segments, dtype=torch.long)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if position_ids is not None:
             batch["position_ids"] = position_ids
-        if any(holds_several(f) for f in features):
-            segment_ids = torch.full((len(features), longest), -1, dtype=torch.long)
-            for row, feature in enumerate(features):
-                n = len(feature["input_ids"])
-                segments = feature.get("segment_ids") or [1] * n
-                segment_ids[row, :n] = torch.tensor(segments, dtype=torch.long)
+        if segment_ids is not None:
             batch["segment_ids"] = segment_ids
         return batch
 
