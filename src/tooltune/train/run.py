@@ -316,7 +316,7 @@ def train(
             "resumed_from": str(resume_from) if resume_from else None,
         }
         write_text(output_dir / RESULTS_FILE, json.dumps(summary, indent=2, default=str) + "\n")
-        console.print(summary_line(trainer, metrics, time.monotonic() - started, output_dir))
+        console.print(summary_line(trainer, metrics, time.monotonic() - started, output_dir, resume_from))
     trainer.accelerator.wait_for_everyone()
     if trainer.head is not None:
         trainer.head.remove()
@@ -337,13 +337,23 @@ def use_fused_head(model: Any, training_args: TrainArguments) -> bool:
     return fused_head_matches(model, lm_head, model.config.vocab_size, lm_head.weight.device)
 
 
-def summary_line(trainer: Any, metrics: dict[str, Any], seconds: float, output_dir: Path) -> str:
+def resumed_step(checkpoint: Path | None) -> int:
+    """The step a resumed run starts from: the checkpoint's own trainer state says it (Trainer's private record of
+    it is not there in every transformers 5.x)."""
+    if checkpoint is None:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("global_step", 0))
+
+
+def summary_line(trainer: Any, metrics: dict[str, Any], seconds: float, output_dir: Path,
+                 resumed_from: Path | None = None) -> str:
     runtime = max(float(metrics.get("train_runtime", seconds)), 1e-9)
     world = trainer.accelerator.num_processes
     tokens = trainer.tokens_seen * world
     trained = trainer.trained_tokens_seen * world
     loss = metrics.get("train_loss")
-    initial = int(getattr(trainer, "_initial_global_step", 0) or 0)
+    initial = resumed_step(resumed_from)
     steps = f"{trainer.state.global_step} steps"
     if initial:
         steps = f"{trainer.state.global_step - initial} of {trainer.state.global_step} steps (resumed at {initial})"
