@@ -119,3 +119,32 @@ def test_compare_lists_metric_changes_and_flipped_cases(triangle: Case) -> None:
     assert "| accuracy (AST) | base → tuned | 66.7% [21–94] (n=3) | 66.7% [21–94] (n=3) | +0.0 pts |" in text
     assert "1 now right, 1 now wrong" in text
     assert "now right: c0" in text and "now wrong: c2" in text
+
+
+def test_call_turns_cut_by_the_token_budget_are_named(triangle: Case, irrelevant: Case, tmp_path: Path) -> None:
+    """A wrong call turn that ended on max_tokens is named in the summary line, report.md and report.json: the
+    budget, not the model, may have decided it (a second call with long arguments can outgrow it)."""
+    def score(case: Case, text: str, finish: str, case_id: str):
+        result = score_case(case, Generation(text=text, completion_tokens=64, finish_reason=finish))
+        result.case_id = case_id
+        return result
+
+    truncated = '<tool_call>{"name": "calculate_triangle_area", "arguments": {"base": 10, "hei'
+    scores = [score(triangle, truncated, "length", "cut"),
+              score(triangle, GOOD, "length", "right-at-the-limit"),  # right anyway: nothing to name
+              score(triangle, "no idea", "stop", "wrong"),  # wrong, but the model stopped by itself
+              score(irrelevant, "a long text answer " * 9, "length", "rambling"),  # no call expected
+              score(triangle, "Let me explain triangles " * 9, "length", "prose")]  # no call begun: its answer
+    assert [s.cut_short for s in scores] == [True, False, False, False, False]
+    run = RunResult(label="tuned", target="tuned", kind="gguf", parse_mode="strict", scores=scores)
+    report = EvalReport(runs=[run], n_cases=5, settings={"max_tokens": 64})
+    assert report.summary_line().endswith(", 1 wrong call turns cut at max_tokens 64")
+    markdown = report.markdown()
+    assert "Cut short:" in markdown and "**tuned**: 1 call turns scored wrong ended at the max_tokens budget (64): cut" \
+        in markdown
+    assert "**cut** (simple) — " in markdown and "(ended at max_tokens)" in markdown.split("**cut** (simple)")[1]
+    report.write(tmp_path, plot=False)
+    assert json.loads((tmp_path / "report.json").read_text())["runs"][0]["cut_short"] == ["cut"]
+    clean = EvalReport(runs=[RunResult(label="t", target="t", kind="gguf", parse_mode="strict", scores=scores[1:])],
+                       n_cases=4, settings={"max_tokens": 64})
+    assert "cut" not in clean.summary_line() and "Cut short" not in clean.markdown()

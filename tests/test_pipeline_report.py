@@ -99,6 +99,14 @@ def test_report_says_whether_calls_were_held_to_the_schema(tmp_path: Path, const
     assert ("Calls scored as the model writes them" in text) is not constrained
 
 
+def test_report_names_call_turns_cut_by_the_token_budget(tmp_path: Path) -> None:
+    recorded = manifest()
+    recorded["stages"]["eval"]["metrics"]["cut_short"] = "- **tuned f16**: 1 call turns scored wrong ended at ..."
+    text = write_report(recorded, tmp_path).read_text()
+    assert "Cut short (base vs tuned):\n\n- **tuned f16**: 1 call turns scored wrong" in text
+    assert "Cut short" not in write_report(manifest(), tmp_path).read_text()
+
+
 def test_report_renders_with_nothing_but_a_failed_stage(tmp_path: Path) -> None:
     text = render_report(
         {"stages": {"preview": {"status": "failed", "error": "data.json record 3: bad role"}}}, tmp_path

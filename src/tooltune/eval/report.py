@@ -34,6 +34,10 @@ class RunResult:
     def __post_init__(self) -> None:
         self.summary = summarize(self.scores)
 
+    @property
+    def cut_short(self) -> list[CaseScore]:
+        return [score for score in self.scores if score.cut_short]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
@@ -48,6 +52,7 @@ class RunResult:
             },
             "latency": self.summary.latency,
             "tokens_per_second": self.summary.tokens_per_second,
+            "cut_short": [s.case_id for s in self.cut_short],
             "cases": [s.to_dict() for s in self.scores],
         }
 
@@ -154,8 +159,9 @@ class EvalReport:
                 else:
                     reference = f" (reference text: {_clip(score.expected_text, 120)!r})" if score.expected_text else ""
                     expected = "no call" + reference
+                cut = " (ended at max_tokens)" if score.cut_short else ""
                 parts.append(
-                    f"- **{_escape(score.case_id)}** ({score.category}) — {score.verdict or 'wrong'}\n"
+                    f"- **{_escape(score.case_id)}** ({score.category}) — {score.verdict or 'wrong'}{cut}\n"
                     f"  - prompt: {_clip(score.prompt_preview, 200)!r}\n"
                     f"  - expected: {_clip(expected, 300)}\n"
                     f"  - actual calls: {_clip(json.dumps(score.calls, ensure_ascii=False), 300)}\n"
@@ -170,7 +176,9 @@ class EvalReport:
         return (
             f"# Tool-calling evaluation\n\n{self.n_cases} cases; {settings}. Each rate: value, 95% Wilson interval, "
             f"n (the cases it applies to). Best per row in **bold**; ↓ = lower is better.\n\n"
-            f"{self.table_markdown()}\n\n## Accuracy by category\n\n{self.category_markdown()}\n\n"
+            f"{self.table_markdown()}\n\n"
+            + (f"Cut short:\n\n{cut}\n\n" if (cut := self.cut_short_markdown()) else "")
+            + f"## Accuracy by category\n\n{self.category_markdown()}\n\n"
             f"## Worst failures\n\n{self.failures_markdown()}"
         )
 
@@ -178,8 +186,18 @@ class EvalReport:
         parts = []
         for run in self.runs:
             acc = run.summary.metrics["accuracy"]
-            parts.append(f"{run.label}: {acc.format()}")
+            cut = run.cut_short
+            budget = f" at max_tokens {self.settings['max_tokens']}" if "max_tokens" in self.settings else ""
+            parts.append(f"{run.label}: {acc.format()}" + (f", {len(cut)} wrong call turns cut{budget}" if cut else ""))
         return f"{self.n_cases} cases — " + "; ".join(parts)
+
+    def cut_short_markdown(self) -> str:
+        """A warning per run whose wrong call turns ended on the token budget (empty when none did)."""
+        budget = self.settings.get("max_tokens", "the")
+        lines = [f"- **{_escape(run.label)}**: {len(run.cut_short)} call turns scored wrong ended at the max_tokens "
+                 f"budget ({budget}): {', '.join(_escape(s.case_id) for s in run.cut_short)} — raise max_tokens "
+                 "to score what the model would have answered" for run in self.runs if run.cut_short]
+        return "\n".join(lines)
 
 
 def _escape(text: str) -> str:

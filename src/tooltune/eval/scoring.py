@@ -63,6 +63,15 @@ class CaseScore:
     def correct(self) -> bool:
         return bool(self.outcomes["accuracy"])
 
+    @property
+    def cut_short(self) -> bool:
+        """A call turn scored wrong that ended on the token budget inside the calls it had begun (some parsed, or a
+        call block left open): what the model would have answered is unknown (a second call with long arguments can
+        need more than the budget), so reports name it instead of letting it pass as the model's mistake. Prose
+        that runs to the budget without a call is the model's answer, not a cut one."""
+        began_calls = bool(self.calls) or bool(self.outcomes.get("leaked_call"))
+        return self.finish_reason == "length" and bool(self.expected_calls) and not self.correct and began_calls
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -135,7 +135,8 @@ def evaluate_stage(ctx: StageContext, quants: bool) -> StageOutput:
     )
     rows = [headline_row(label, run) for (label, _), run in zip(labelled, report.runs, strict=True)]
     metrics: dict[str, Any] = {"rows": rows, "table": report.table_markdown(), "cases": len(cases),
-                               "constrained_calls": config.pipeline.eval_constrain_calls}
+                               "constrained_calls": config.pipeline.eval_constrain_calls,
+                               "cut_short": report.cut_short_markdown()}
     tuned_runs = [(label, run) for (label, _), run in zip(labelled, report.runs, strict=True) if label != "base"]
     for label, run in tuned_runs:
         sample = sample_conversation(label, run, cases)
@@ -144,7 +145,7 @@ def evaluate_stage(ctx: StageContext, quants: bool) -> StageOutput:
             break
     summary = "; ".join(
         f"{row['model']}: {row['format_valid']}/{row['cases']} well-formed, {row['right_name']}/{row['cases']} right "
-        f"function"
-        for row in rows
+        f"function" + (f", {len(run.cut_short)} cut at max_tokens" if run.cut_short else "")
+        for row, run in zip(rows, report.runs, strict=True)
     )
     return StageOutput({"report": ctx.work_dir / "report.json"}, summary=summary, metrics=metrics)

@@ -240,6 +240,9 @@ def render_report(manifest: dict[str, Any], run_dir: Path, report_stage: str = "
             if table:
                 lines += [f"All metrics, {title} (every held-out turn; `{name}/report.md` lists the failures):", ""]
                 lines += [table, ""]
+            cut = _metrics(stages, name).get("cut_short")
+            if cut:
+                lines += [f"Cut short ({title}):", "", cut, ""]
 
     quant = _metrics(stages, "quantize")
     gguf = _metrics(stages, "gguf")
