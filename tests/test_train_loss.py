@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tooltune.train.args import ModelArguments, TrainArguments, TrainConfigError
+from tooltune.train.args import FinetuningArguments, ModelArguments, TrainArguments, TrainConfigError
 from tooltune.train.batching import EncodedDataset, LengthGroupedSampler, PadToLongestCollator, padding_waste
 from tooltune.train.loss import TrainedPositionsHead, causal_lm_loss, find_lm_head
 
@@ -149,6 +149,27 @@ def test_lora_targets_all_and_unknown(tiny_qwen2_dir):
         resolve_lora_targets(model, ["q_prj"])
 
 
+def test_attaching_lora_prints_no_library_deprecation_warning(tiny_qwen2_dir):
+    """peft reads transformers' deprecated is_gradient_checkpointing when it wraps a model: the FutureWarning went
+    into every training and merge log; attach_lora (and the merge) keep it out, and only that one."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from tooltune.train.model import attach_lora, peft_quietly
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, use_safetensors=True)
+    model.gradient_checkpointing_enable()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attach_lora(model, ModelArguments(), FinetuningArguments(lora_target=["q_proj"]))
+        with peft_quietly():
+            warnings.warn("something else", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "is_gradient_checkpointing" in m], messages
+    assert "something else" in messages
+
+
 def test_missing_model_dir_is_a_clear_error(tmp_path):
     from tooltune.train.model import ModelLoadError, resolve_model_path
 
@@ -238,7 +259,6 @@ def _lora_layers_step(model_dir, checkpointing: bool, lora_layers: int | None = 
     """One backward pass of a 2-layer model: whether each layer's output required grad, and the LoRA gradients."""
     from transformers import AutoModelForCausalLM
 
-    from tooltune.train.args import FinetuningArguments
     from tooltune.train.model import attach_lora, enable_gradient_checkpointing
 
     torch.manual_seed(0)

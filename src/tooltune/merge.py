@@ -415,6 +415,8 @@ def export_merged(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from tooltune.train.model import peft_quietly
+
     console = console or Console(stderr=True)
     started = time.perf_counter()
     base, adapter, export_dir = Path(base), Path(adapter), Path(export_dir)
@@ -455,7 +457,8 @@ def export_merged(
 
         progress.update(task, advance=1, description="loading adapter")
         try:
-            peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+            with peft_quietly():
+                peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise MergeError(f"{adapter}: adapter does not fit base {base}: {str(exc).splitlines()[0]}") from exc
         peft_model.eval()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +148,22 @@ def adapted_layers(model: nn.Module, lora_layers: int | None) -> list[int] | Non
     return list(range(total - lora_layers, total)) if lora_layers > 0 else list(range(-lora_layers))
 
 
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Wrapping a model in peft reads transformers' deprecated ``is_gradient_checkpointing`` (peft 0.21 with
+    transformers 5.x), which printed a FutureWarning into every training and merge log; it is theirs to change, and
+    nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def attach_lora(model: nn.Module, model_args: ModelArguments, finetune: FinetuningArguments) -> nn.Module:
+    with peft_quietly():
+        return _attach_lora(model, model_args, finetune)
+
+
+def _attach_lora(model: nn.Module, model_args: ModelArguments, finetune: FinetuningArguments) -> nn.Module:
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
     if model_args.adapter_name_or_path:
