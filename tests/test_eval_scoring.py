@@ -140,8 +140,8 @@ def test_call_turns_cut_by_the_token_budget_are_named(triangle: Case, irrelevant
     report = EvalReport(runs=[run], n_cases=5, settings={"max_tokens": 64})
     assert report.summary_line().endswith(", 1 wrong call turns cut at max_tokens 64")
     markdown = report.markdown()
-    assert "Cut short:" in markdown and "**tuned**: 1 call turns scored wrong ended at the max_tokens budget (64): cut" \
-        in markdown
+    assert "Cut short:" in markdown
+    assert "**tuned**: 1 call turns scored wrong ended at the max_tokens budget (64): cut" in markdown
     assert "**cut** (simple) — " in markdown and "(ended at max_tokens)" in markdown.split("**cut** (simple)")[1]
     report.write(tmp_path, plot=False)
     assert json.loads((tmp_path / "report.json").read_text())["runs"][0]["cut_short"] == ["cut"]
