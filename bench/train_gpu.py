@@ -82,7 +82,14 @@ def build_model(shape: str, out: Path) -> Path:
 
 
 def worker(argv: list[str]) -> dict:
+    import os
+
     import torch
+
+    if os.environ.get("BENCH_NO_CUDNN_SDP") and torch.cuda.is_available():
+        # Suspect for bf16's slowness at small sizes: cuDNN attention (preferred for bf16 on Hopper) building a plan
+        # for every new sequence length, where fp32 takes the memory-efficient kernel.
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
     from tooltune.args import parse_into
     from tooltune.data import DataArguments
@@ -104,10 +111,13 @@ def worker(argv: list[str]) -> dict:
     }
 
 
-def spawn(name: str, flags: dict[str, str], out: Path) -> dict | None:
+def spawn(name: str, flags: dict[str, str], out: Path, env: dict[str, str] | None = None) -> dict | None:
+    import os
+
     argv = [a for key, value in flags.items() for a in (f"--{key}", value)] + ["--output_dir", str(out)]
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--worker", *argv], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--worker", *argv], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         print(f"{name}: FAILED\n{proc.stderr[-4000:]}", flush=True)
         return None
@@ -177,6 +187,10 @@ def main() -> None:
             ratio("--packing / plain", packed, bf16)
             fp32 = spawn(f"{shape} seed command fp32", seed, root / "o3")
             ratio("bf16 / fp32", bf16, fp32)
+            if shape == "smollm2-135m" and torch.cuda.is_available():
+                plain_sdp = spawn(f"{shape} bf16, cuDNN attention off", seed | {"bf16": "true"}, root / "o6",
+                                  env={"BENCH_NO_CUDNN_SDP": "1"})
+                ratio("bf16 without / with cuDNN attention", plain_sdp, bf16)
             if args.seed_tools_dir and shape == "smollm2-135m":
                 demo = DEMO_FLAGS | {"model_name_or_path": str(model), "dataset": "seed_tools",
                                      "dataset_dir": str(args.seed_tools_dir), "num_train_epochs": "1", "bf16": "true"}
