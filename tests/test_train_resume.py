@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -143,3 +144,14 @@ def test_kill_minus_9_then_rerun_resumes_identically(tmp_path, tiny_llama_dir):
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_resumed_step_comes_from_the_checkpoint_itself(tmp_path):
+    """Where a run resumed is read from the checkpoint's trainer_state.json, not from Trainer internals (transformers
+    5.17 has no _initial_global_step: the summary line lost "resumed at N" there)."""
+    from tooltune.train.run import resumed_step
+
+    checkpoint = tmp_path / "checkpoint-3"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3, "max_steps": 8}))
+    assert resumed_step(checkpoint) == 3 and resumed_step(None) == 0
