@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,8 +84,6 @@ def build_model(shape: str, out: Path) -> Path:
 
 
 def worker(argv: list[str]) -> dict:
-    import os
-
     import torch
 
     if os.environ.get("BENCH_NO_CUDNN_SDP") and torch.cuda.is_available():
@@ -112,8 +112,6 @@ def worker(argv: list[str]) -> dict:
 
 
 def spawn(name: str, flags: dict[str, str], out: Path, env: dict[str, str] | None = None) -> dict | None:
-    import os
-
     argv = [a for key, value in flags.items() for a in (f"--{key}", value)] + ["--output_dir", str(out)]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--worker", *argv], capture_output=True, text=True,
@@ -178,30 +176,33 @@ def main() -> None:
             started = time.perf_counter()
             model = build_model(shape, root / shape)
             print(f"{shape}: random weights built and saved in {time.perf_counter() - started:.0f} s", flush=True)
-            seed = SEED_FLAGS | glaive | {"model_name_or_path": str(model)}
-            bf16 = spawn(f"{shape} seed command bf16", seed | {"bf16": "true"}, root / "o1")
-            if shape == "qwen2.5-7b":  # the seed's own size: its command, timed; the ratios come from the small ones
-                continue
-            packed = spawn(f"{shape} seed command bf16 --packing", seed | {"bf16": "true", "packing": "true"},
-                           root / "o2")
-            ratio("--packing / plain", packed, bf16)
-            fp32 = spawn(f"{shape} seed command fp32", seed, root / "o3")
-            ratio("bf16 / fp32", bf16, fp32)
-            if shape == "smollm2-135m" and torch.cuda.is_available():
-                plain_sdp = spawn(f"{shape} bf16, cuDNN attention off", seed | {"bf16": "true"}, root / "o6",
-                                  env={"BENCH_NO_CUDNN_SDP": "1"})
-                ratio("bf16 without / with cuDNN attention", plain_sdp, bf16)
-            if args.seed_tools_dir and shape == "smollm2-135m":
-                demo = DEMO_FLAGS | {"model_name_or_path": str(model), "dataset": "seed_tools",
-                                     "dataset_dir": str(args.seed_tools_dir), "num_train_epochs": "1", "bf16": "true"}
-                plain = spawn(f"{shape} seed-tools demo bf16", demo, root / "o4")
-                shared = spawn(f"{shape} seed-tools --share_prefix", demo | {"share_prefix": "true"}, root / "o5")
-                ratio("--share_prefix / plain", shared, plain)
-            for path in root.glob(f"{shape}*"):
-                import shutil
+            try:
+                run_shape(shape, model, root, glaive, args.seed_tools_dir)
+            finally:
+                shutil.rmtree(model, ignore_errors=True)  # the 7B's weights alone are 15 GB
 
-                shutil.rmtree(path, ignore_errors=True)
 
+def run_shape(shape: str, model: Path, root: Path, glaive: dict[str, str], seed_tools_dir: Path | None) -> None:
+    import torch
+
+    seed = SEED_FLAGS | glaive | {"model_name_or_path": str(model)}
+    bf16 = spawn(f"{shape} seed command bf16", seed | {"bf16": "true"}, root / "o1")
+    if shape == "qwen2.5-7b":  # the seed's own size: its command, timed; the ratios come from the small ones
+        return
+    packed = spawn(f"{shape} seed command bf16 --packing", seed | {"bf16": "true", "packing": "true"}, root / "o2")
+    ratio("--packing / plain", packed, bf16)
+    fp32 = spawn(f"{shape} seed command fp32", seed, root / "o3")
+    ratio("bf16 / fp32", bf16, fp32)
+    if shape == "smollm2-135m" and torch.cuda.is_available():
+        plain_sdp = spawn(f"{shape} bf16, cuDNN attention off", seed | {"bf16": "true"}, root / "o6",
+                          env={"BENCH_NO_CUDNN_SDP": "1"})
+        ratio("bf16 without / with cuDNN attention", plain_sdp, bf16)
+    if seed_tools_dir and shape == "smollm2-135m":
+        demo = DEMO_FLAGS | {"model_name_or_path": str(model), "dataset": "seed_tools",
+                             "dataset_dir": str(seed_tools_dir), "num_train_epochs": "1", "bf16": "true"}
+        plain = spawn(f"{shape} seed-tools demo bf16", demo, root / "o4")
+        shared = spawn(f"{shape} seed-tools --share_prefix", demo | {"share_prefix": "true"}, root / "o5")
+        ratio("--share_prefix / plain", shared, plain)
 
 if __name__ == "__main__":
     main()

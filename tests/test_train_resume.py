@@ -149,9 +149,9 @@ def test_kill_minus_9_then_rerun_resumes_identically(tmp_path, tiny_llama_dir):
 def test_resumed_step_comes_from_the_checkpoint_itself(tmp_path):
     """Where a run resumed is read from the checkpoint's trainer_state.json, not from Trainer internals (transformers
     5.17 has no _initial_global_step: the summary line lost "resumed at N" there)."""
-    from tooltune.train.run import resumed_step
+    from tooltune.train.checkpoints import checkpoint_step
 
     checkpoint = tmp_path / "checkpoint-3"
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3, "max_steps": 8}))
-    assert resumed_step(checkpoint) == 3 and resumed_step(None) == 0
+    assert checkpoint_step(checkpoint) == 3 and checkpoint_step(None) == 0

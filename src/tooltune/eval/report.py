@@ -183,20 +183,23 @@ class EvalReport:
         )
 
     def summary_line(self) -> str:
+        budget = f" at max_tokens {self.settings['max_tokens']}" if "max_tokens" in self.settings else ""
         parts = []
         for run in self.runs:
             acc = run.summary.metrics["accuracy"]
             cut = run.cut_short
-            budget = f" at max_tokens {self.settings['max_tokens']}" if "max_tokens" in self.settings else ""
             parts.append(f"{run.label}: {acc.format()}" + (f", {len(cut)} wrong call turns cut{budget}" if cut else ""))
         return f"{self.n_cases} cases — " + "; ".join(parts)
 
     def cut_short_markdown(self) -> str:
         """A warning per run whose wrong call turns ended on the token budget (empty when none did)."""
         budget = self.settings.get("max_tokens", "the")
-        lines = [f"- **{_escape(run.label)}**: {len(run.cut_short)} call turns scored wrong ended at the max_tokens "
-                 f"budget ({budget}): {', '.join(_escape(s.case_id) for s in run.cut_short)} — raise max_tokens "
-                 "to score what the model would have answered" for run in self.runs if run.cut_short]
+        lines = []
+        for run in self.runs:
+            if cut := run.cut_short:
+                lines.append(f"- **{_escape(run.label)}**: {len(cut)} call turns scored wrong ended at the max_tokens "
+                             f"budget ({budget}): {', '.join(_escape(s.case_id) for s in cut)} — raise max_tokens to "
+                             "score what the model would have answered")
         return "\n".join(lines)
 
 

@@ -145,7 +145,7 @@ def evaluate_stage(ctx: StageContext, quants: bool) -> StageOutput:
             break
     summary = "; ".join(
         f"{row['model']}: {row['format_valid']}/{row['cases']} well-formed, {row['right_name']}/{row['cases']} right "
-        f"function" + (f", {len(run.cut_short)} cut at max_tokens" if run.cut_short else "")
+        f"function" + (f", {cut} cut at max_tokens" if (cut := len(run.cut_short)) else "")
         for row, run in zip(rows, report.runs, strict=True)
     )
     return StageOutput({"report": ctx.work_dir / "report.json"}, summary=summary, metrics=metrics)

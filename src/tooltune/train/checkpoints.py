@@ -7,6 +7,7 @@ A run killed mid-save (kill -9 included) therefore leaves at most a stale stagin
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,8 +17,9 @@ from tooltune.errors import TooltuneError
 
 STAGING_DIR = ".staging"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
 # What a checkpoint must hold to resume from it (weights alone are not enough to continue the same run).
-RESUME_FILES = ("trainer_state.json", "adapter_model.safetensors")
+RESUME_FILES = (TRAINER_STATE, "adapter_model.safetensors")
 
 
 class ResumeError(TooltuneError):
@@ -36,6 +38,15 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     found = checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def checkpoint_step(checkpoint: Path | None) -> int:
+    """The step a checkpoint was saved at (0 for none), from its own trainer state: a resumed run starts there
+    (Trainer's private record of it is not there in every transformers 5.x)."""
+    if checkpoint is None:
+        return 0
+    state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))
+    return int(state.get("global_step", 0))
 
 
 def promote(staging_root: Path, run_dir: Path, name: str) -> Path:

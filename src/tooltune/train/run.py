@@ -22,7 +22,13 @@ from rich.console import Console
 from tooltune.errors import TooltuneError
 from tooltune.train.args import FinetuningArguments, ModelArguments, TrainArguments, TrainConfigError, validate
 from tooltune.train.callbacks import LOG_FILE, JsonlLogCallback, RichProgressCallback, read_log
-from tooltune.train.checkpoints import STAGING_DIR, checkpoints, clear_stale_staging, resolve_resume
+from tooltune.train.checkpoints import (
+    STAGING_DIR,
+    checkpoint_step,
+    checkpoints,
+    clear_stale_staging,
+    resolve_resume,
+)
 from tooltune.train.data import PreparedData, prepare_data
 from tooltune.train.device import Precision, resolve_precision
 from tooltune.train.plan import TrainPlan, compute_plan
@@ -337,15 +343,6 @@ def use_fused_head(model: Any, training_args: TrainArguments) -> bool:
     return fused_head_matches(model, lm_head, model.config.vocab_size, lm_head.weight.device)
 
 
-def resumed_step(checkpoint: Path | None) -> int:
-    """The step a resumed run starts from: the checkpoint's own trainer state says it (Trainer's private record of
-    it is not there in every transformers 5.x)."""
-    if checkpoint is None:
-        return 0
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
-    return int(state.get("global_step", 0))
-
-
 def summary_line(trainer: Any, metrics: dict[str, Any], seconds: float, output_dir: Path,
                  resumed_from: Path | None = None) -> str:
     runtime = max(float(metrics.get("train_runtime", seconds)), 1e-9)
@@ -353,7 +350,7 @@ def summary_line(trainer: Any, metrics: dict[str, Any], seconds: float, output_d
     tokens = trainer.tokens_seen * world
     trained = trainer.trained_tokens_seen * world
     loss = metrics.get("train_loss")
-    initial = resumed_step(resumed_from)
+    initial = checkpoint_step(resumed_from)
     steps = f"{trainer.state.global_step} steps"
     if initial:
         steps = f"{trainer.state.global_step - initial} of {trainer.state.global_step} steps (resumed at {initial})"
