@@ -10,6 +10,7 @@ samples share their prompt's start — ``--share_prefix`` over plain (the demo's
 batch 1, no checkpointing).
 
     python bench/train_gpu.py [--models smollm2-135m,qwen2.5-0.5b,qwen2.5-7b] [--samples 96] [--seed-tools-dir DIR]
+                              [--variants cudnn,more]
 
 ``--seed-tools-dir`` holds the seed-tools demo's synth output (``python bench/train_gpu.py --write-seed-tools DIR``
 writes it; it needs the synth dependencies, which a bare GPU image may lack, so it can be written elsewhere and
@@ -86,11 +87,6 @@ def build_model(shape: str, out: Path) -> Path:
 def worker(argv: list[str]) -> dict:
     import torch
 
-    if os.environ.get("BENCH_NO_CUDNN_SDP") and torch.cuda.is_available():
-        # Suspect for bf16's slowness at small sizes: cuDNN attention (preferred for bf16 on Hopper) building a plan
-        # for every new sequence length, where fp32 takes the memory-efficient kernel.
-        torch.backends.cuda.enable_cudnn_sdp(False)
-
     from tooltune.args import parse_into
     from tooltune.data import DataArguments
     from tooltune.train import train
@@ -148,6 +144,8 @@ def main() -> None:
                                      allow_abbrev=False)  # the worker's training flags pass through untouched
     parser.add_argument("--models", default="smollm2-135m,qwen2.5-0.5b,qwen2.5-7b")
     parser.add_argument("--samples", type=int, default=96, help="glaive demo records per run (one epoch)")
+    parser.add_argument("--variants", default="cudnn,more",
+                        help="cudnn: bf16 with cuDNN attention kept on; more: --packing, fp32 and --share_prefix")
     parser.add_argument("--seed-tools-dir", type=Path, help="the seed-tools demo's synth output (for --share_prefix)")
     parser.add_argument("--write-seed-tools", type=Path, help="write the seed-tools demo's synth output there, exit")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -177,26 +175,33 @@ def main() -> None:
             model = build_model(shape, root / shape)
             print(f"{shape}: random weights built and saved in {time.perf_counter() - started:.0f} s", flush=True)
             try:
-                run_shape(shape, model, root, glaive, args.seed_tools_dir)
+                run_shape(shape, model, root, glaive, args.seed_tools_dir, set(args.variants.split(",")))
             finally:
                 shutil.rmtree(model, ignore_errors=True)  # the 7B's weights alone are 15 GB
 
 
-def run_shape(shape: str, model: Path, root: Path, glaive: dict[str, str], seed_tools_dir: Path | None) -> None:
+def run_shape(shape: str, model: Path, root: Path, glaive: dict[str, str], seed_tools_dir: Path | None,
+              variants: set[str]) -> None:
     import torch
+
+    from tooltune.train.device import KEEP_CUDNN_ATTENTION_ENV
 
     seed = SEED_FLAGS | glaive | {"model_name_or_path": str(model)}
     bf16 = spawn(f"{shape} seed command bf16", seed | {"bf16": "true"}, root / "o1")
+    if torch.cuda.is_available() and "cudnn" in variants:
+        # Training turns cuDNN attention off for bf16 (tooltune.train.device.avoid_cudnn_attention); this is the
+        # same command with it kept on, the way PyTorch would choose.
+        cudnn = spawn(f"{shape} bf16, cuDNN attention kept", seed | {"bf16": "true"}, root / "o6",
+                      env={KEEP_CUDNN_ATTENTION_ENV: "1"})
+        ratio("bf16 cuDNN attention off / kept", bf16, cudnn, memory=False)
     if shape == "qwen2.5-7b":  # the seed's own size: its command, timed; the ratios come from the small ones
+        return
+    if "more" not in variants:
         return
     packed = spawn(f"{shape} seed command bf16 --packing", seed | {"bf16": "true", "packing": "true"}, root / "o2")
     ratio("--packing / plain", packed, bf16)
     fp32 = spawn(f"{shape} seed command fp32", seed, root / "o3")
     ratio("bf16 / fp32", bf16, fp32)
-    if shape == "smollm2-135m" and torch.cuda.is_available():
-        plain_sdp = spawn(f"{shape} bf16, cuDNN attention off", seed | {"bf16": "true"}, root / "o6",
-                          env={"BENCH_NO_CUDNN_SDP": "1"})
-        ratio("bf16 without / with cuDNN attention", plain_sdp, bf16)
     if seed_tools_dir and shape == "smollm2-135m":
         demo = DEMO_FLAGS | {"model_name_or_path": str(model), "dataset": "seed_tools",
                              "dataset_dir": str(seed_tools_dir), "num_train_epochs": "1", "bf16": "true"}

@@ -30,7 +30,7 @@ from tooltune.train.checkpoints import (
     resolve_resume,
 )
 from tooltune.train.data import PreparedData, prepare_data
-from tooltune.train.device import Precision, resolve_precision
+from tooltune.train.device import Precision, avoid_cudnn_attention, resolve_precision
 from tooltune.train.plan import TrainPlan, compute_plan
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -212,6 +212,7 @@ def train(
     hf_logging.disable_progress_bar()  # our own bar is the one that matters; weight-loading bars are noise
     validate(finetune_args, training_args)
     precision = resolve_precision(training_args)
+    avoid_cudnn_attention(precision)
     if data_args.cutoff_len < 2:
         raise TrainConfigError("--cutoff_len must be at least 2")
     several = [flag for flag in ("packing", "share_prefix") if getattr(data_args, flag, False)]
