@@ -13,7 +13,7 @@ from tooltune.synth.build import split_held_out
 from tooltune.synth.offline import Sample
 from tooltune.synth.plan import PlanItem
 from tooltune.synth.spec import SynthError, spec_from_mapping
-from tooltune.synth.verify import REASONS, Verifier, user_utterances
+from tooltune.synth.verify import REASONS, Verifier, user_requests
 
 SEED_SPEC = Path(__file__).parent.parent / "src" / "tooltune" / "resources" / "examples" / "seed_tools" / "synth.yaml"
 
@@ -122,8 +122,8 @@ def test_every_pattern_is_generated_and_verified_seed_tools(tmp_path: Path) -> N
     call = json.loads(no_call.turns[1]["value"])
     assert call == {"name": "DirectLLMCommunityAiUser", "arguments": {"question": no_call.turns[0]["value"]}}
     # held-out and training share no user utterance
-    heard_in_test = set().union(*(user_utterances(s.record) for s in result.test))
-    assert all(not (user_utterances(s.record) & heard_in_test) for s in result.train)
+    heard_in_test = set().union(*(user_requests(s.record) for s in result.test))
+    assert all(not (user_requests(s.record) & heard_in_test) for s in result.train)
     # deterministic
     again = synthesize(spec, *[prepare(spec)[0]], offline=prepare(spec)[1])
     assert [s.record for s in again.train] == [s.record for s in result.train]
@@ -206,6 +206,25 @@ def test_every_rejection_reason_from_a_crafted_sample() -> None:
     train, test, overlap = split_held_out(repeated, 0.5, seed=0)
     assert not train and len(test) == 1 and {r.rejection.reason for r in overlap} == {"test_overlap"}
     assert sum("another held-out sample" in r.rejection.detail for r in overlap) == 1
+    # a request trained inside a parallel turn is not held out as a single call, nor the reverse: whichever single and
+    # whichever parallel turn the draw holds out, the other two hold one of its requests
+    lamp_on = {"name": "set_lamp", "arguments": {"room": "kitchen", "mode": "on"}}
+    lamp_off = {"name": "set_lamp", "arguments": {"room": "hall", "mode": "off"}}
+    singles = [Sample(PlanItem("set_lamp", "single", "en", i), _record(("human", text), ("function_call", call)))
+               for i, (text, call) in enumerate([("turn the kitchen lamp on", lamp_on),
+                                                 ("turn the hall lamp off", lamp_off)])]
+    parallels = [Sample(PlanItem("add_note+set_lamp", "parallel", "en", i), _record(
+        ("human", f"note: {note}, and also turn the kitchen lamp on, and also turn the hall lamp off"),
+        ("function_call", [{"name": "add_note", "arguments": {"text": note}}, lamp_on, lamp_off])))
+        for i, note in enumerate(["buy milk", "call mom"])]
+    train, test, overlap = split_held_out(singles + parallels, 0.5, seed=0)
+    # one of each bucket: a parallel request and a single call of one of its requests are both tested
+    assert sorted(s.item.pattern for s in test) == ["parallel", "single"]
+    assert not train and len(overlap) == 2  # every whole turn differs: only the requests inside them overlap
+    assert all(r.rejection.reason == "test_overlap" and "as a held-out sample does" in r.rejection.detail
+               for r in overlap)
+    asked_in_test = set().union(*(user_requests(s.record) for s in test))
+    assert {"turnthekitchenlampon", "turnthehalllampoff"} <= asked_in_test
     # generation: a template slot with no values anywhere
     gap = _small_spec(templates={"add_note": {"en": ["note: {text}"], "zh": ["记一下：{text}"]},
                                  "set_lamp": {"en": ["{room} lamp {mode}"], "zh": ["{room}灯{mode}"]}},

@@ -22,7 +22,7 @@ from tooltune.synth.offline import GenerationGap, OfflineGenerator, Sample
 from tooltune.synth.plan import Plan, PlanItem, build_plan
 from tooltune.synth.pools import build_pools
 from tooltune.synth.spec import PATTERNS, SynthError, SynthSpec
-from tooltune.synth.verify import Rejection, Verifier, dedup_key, user_utterances
+from tooltune.synth.verify import Rejection, Verifier, dedup_key, user_requests, user_utterances
 
 
 @dataclass
@@ -104,14 +104,15 @@ def synthesize(spec: SynthSpec, plan: Plan, generate: Generate | None = None,
 def split_held_out(samples: list[Sample], test_size: float, seed: int,
                    ) -> tuple[list[Sample], list[Sample], list[Rejected]]:
     """Held-out samples drawn per tool × pattern × language (so every bucket is tested); training samples that share
-    a user utterance with any held-out one are rejected rather than leaked."""
+    a user request with any held-out one (an utterance, or one of the requests a parallel turn joins) are rejected
+    rather than leaked."""
     if test_size <= 0:
         return samples, [], []
     # The user's own examples always train, so nothing they say may be held out.
-    said_in_examples = set().union(*(user_utterances(s.record) for s in samples if s.item.pattern == "example"))
+    said_in_examples = set().union(*(user_requests(s.record) for s in samples if s.item.pattern == "example"))
     buckets: dict[tuple[str, str, str], list[Sample]] = defaultdict(list)
     for sample in samples:
-        if sample.item.pattern != "example" and not user_utterances(sample.record) & said_in_examples:
+        if sample.item.pattern != "example" and not user_requests(sample.record) & said_in_examples:
             buckets[(sample.item.tool, sample.item.pattern, sample.item.language)].append(sample)
     test_keys: set[str] = set()
     for members in buckets.values():
@@ -135,11 +136,14 @@ def split_held_out(samples: list[Sample], test_size: float, seed: int,
             continue
         test.append(sample)
         heard |= user_utterances(sample.record)
+    # Against training, the requests inside parallel turns count too (a leak either way round); among held-out
+    # samples they do not: a parallel request and a single call of one of its halves test different things.
+    asked = set().union(*(user_requests(s.record) for s in test))
     train = []
     for sample in samples:
         if sample.item.key in test_keys:
             continue
-        shared = user_utterances(sample.record) & heard
+        shared = user_requests(sample.record) & asked
         if shared:
             overlap.append(Rejected(sample.item, Rejection("test_overlap", f"says {sorted(shared)[0]!r}, as a "
                                                            f"held-out sample does"), sample.record))

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from tooltune.synth.pools import PARALLEL_JOIN
 from tooltune.synth.spec import SynthSpec
 
 REASONS = {
@@ -159,5 +161,21 @@ def dedup_key(record: dict[str, Any]) -> str:
     return "\x1f".join(parts)
 
 
+# The joiners of a parallel request (``A，另外B``), longest first so one never splits another.
+_REQUEST_JOIN = re.compile("|".join(re.escape(j) for j in sorted(PARALLEL_JOIN.values(), key=len, reverse=True)))
+
+
 def user_utterances(record: dict[str, Any]) -> set[str]:
     return {normalise(t["value"]) for t in record["conversations"] if t["from"] == "human"}
+
+
+def user_requests(record: dict[str, Any]) -> set[str]:
+    """The user's utterances and each request that a parallel turn joins: ``苏州现在下雨吗，另外开始保温`` also asks
+    ``开始保温``, so training on it would teach a held-out single call of those words (and the reverse)."""
+    requests = user_utterances(record)
+    for turn in record["conversations"]:
+        if turn["from"] == "human":
+            parts = _REQUEST_JOIN.split(turn["value"])
+            if len(parts) > 1:
+                requests.update(normalise(part) for part in parts if normalise(part))
+    return requests
