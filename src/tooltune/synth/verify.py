@@ -174,8 +174,6 @@ def user_requests(record: dict[str, Any]) -> set[str]:
     ``开始保温``, so training on it would teach a held-out single call of those words (and the reverse)."""
     requests = user_utterances(record)
     for turn in record["conversations"]:
-        if turn["from"] == "human":
-            parts = _REQUEST_JOIN.split(turn["value"])
-            if len(parts) > 1:
-                requests.update(normalise(part) for part in parts if normalise(part))
+        if turn["from"] == "human":  # a turn with no joiner splits into itself, already counted above
+            requests.update(said for part in _REQUEST_JOIN.split(turn["value"]) if (said := normalise(part)))
     return requests
