@@ -216,3 +216,20 @@ def test_shared_prefix_rows_stay_within_cutoff_and_keep_lone_samples_whole(qwen,
         share_prefixes(samples, cutoff_len=one - 1)
     with pytest.raises(EncodeError, match="exclude each other"):
         encode_dataset(conversations, qwen, packing=True, share_prefix=True)
+
+
+def test_shared_prefix_rows_hold_at_most_the_samples_asked(qwen, glaive) -> None:
+    # Seven requests for the same tools fit one 4096-token row; capped at 3 they take rows of 3, 3 and 1, each sharing
+    # the prompt, and every sample is still in exactly one row.
+    conversations = _same_tools(glaive, 7)
+    whole = encode_dataset(conversations, qwen, cutoff_len=4096, share_prefix=True)
+    assert [len(b.sample_positions) for b in whole.blocks] == [7]
+    capped = encode_dataset(conversations, qwen, cutoff_len=4096, share_prefix=True, share_prefix_samples=3)
+    assert [len(b.sample_positions) for b in capped.blocks] == [3, 3, 1]
+    assert sorted(p for b in capped.blocks for p in b.sample_positions) == list(range(7))
+    assert all(b.shared_prefix > 0 for b in capped.blocks[:2]) and capped.blocks[2].shared_prefix == 0
+    assert "7 samples in 3 rows" in capped.summary()
+    with pytest.raises(EncodeError, match="set --share_prefix true"):
+        encode_dataset(conversations, qwen, share_prefix_samples=3)
+    with pytest.raises(EncodeError, match="positive count"):
+        encode_dataset(conversations, qwen, share_prefix=True, share_prefix_samples=-1)

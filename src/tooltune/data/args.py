@@ -71,6 +71,11 @@ class DataArguments:
                           "once; each sample attends to it and to itself only — the same loss and gradients, fewer "
                           "tokens computed (docs/train.md)."},
     )
+    share_prefix_samples: int = field(
+        default=0,
+        metadata={"help": "With share_prefix: at most N samples to a row (0: as many as fit). Each row is one "
+                          "optimizer step, so smaller rows give samples that share a prompt more steps."},
+    )
     strict: bool = field(default=False, metadata={"help": "Make any rejected record an error."})
 
     def dataset_names(self) -> list[str]:

@@ -43,6 +43,7 @@ def prepare_dataset(
             packing=packing,
             share_prefix=share_prefix,
             on_progress=on_progress,
+            share_prefix_samples=args.share_prefix_samples,
         )
 
     train = encode(train_convs, args.packing, args.share_prefix)
