@@ -231,5 +231,29 @@ def test_shared_prefix_rows_hold_at_most_the_samples_asked(qwen, glaive) -> None
     assert "7 samples in 3 rows" in capped.summary()
     with pytest.raises(EncodeError, match="set --share_prefix true"):
         encode_dataset(conversations, qwen, share_prefix_samples=3)
-    with pytest.raises(EncodeError, match="positive count"):
+    with pytest.raises(EncodeError, match="no limit"):
         encode_dataset(conversations, qwen, share_prefix=True, share_prefix_samples=-1)
+
+
+def test_shared_prefix_rows_hold_at_most_the_trained_tokens_asked(qwen, glaive) -> None:
+    # The cap counts trained tokens (labels), so a row holds as many short answers as fit under it, and a sample over
+    # the cap sits alone rather than being dropped or cut.
+    conversations = _same_tools(glaive, 7)
+    samples = encode_dataset(conversations, qwen, cutoff_len=4096).samples
+    each = [s.trained_tokens for s in samples]
+    cap = sum(sorted(each)[:2]) + 1  # room for the two smallest answers, never for three
+    report = encode_dataset(conversations, qwen, cutoff_len=4096, share_prefix=True, share_prefix_trained_tokens=cap)
+    by_position = {s.position: s for s in report.samples}
+    sizes = [len(b.sample_positions) for b in report.blocks]
+    assert sorted(p for b in report.blocks for p in b.sample_positions) == list(range(7))
+    assert max(sizes) == 2 and len(report.blocks) >= 4
+    for block in report.blocks:
+        trained = sum(1 for label in block.labels if label != IGNORE_INDEX)
+        assert trained == sum(by_position[p].trained_tokens for p in block.sample_positions)
+        assert trained <= cap or len(block.sample_positions) == 1
+    alone = encode_dataset(conversations, qwen, cutoff_len=4096, share_prefix=True, share_prefix_trained_tokens=1)
+    assert [len(b.sample_positions) for b in alone.blocks] == [1] * 7
+    with pytest.raises(EncodeError, match="set --share_prefix true"):
+        encode_dataset(conversations, qwen, share_prefix_trained_tokens=100)
+    with pytest.raises(EncodeError, match="no limit"):
+        encode_dataset(conversations, qwen, share_prefix=True, share_prefix_trained_tokens=-5)

@@ -6,9 +6,9 @@ Public API (training, preview and preprocess call these):
                         train_on_prompt=False, mask_history=False) -> Encoded      (raises EncodeError if skipped)
     encode_dataset(conversations, template, cutoff_len=2048, policy="safe", train_on_prompt=False,
                    mask_history=False, packing=False, share_prefix=False, on_progress=None,
-                   share_prefix_samples=0) -> EncodeReport
+                   share_prefix_samples=0, share_prefix_trained_tokens=0) -> EncodeReport
     pack_samples(samples, cutoff_len) -> list[PackedBlock]
-    share_prefixes(samples, cutoff_len, max_samples=0) -> list[PackedBlock]
+    share_prefixes(samples, cutoff_len, max_samples=0, max_trained=0) -> list[PackedBlock]
 
 Labels are ``IGNORE_INDEX`` (-100) for every token the model must not learn to produce: prompts (system, tools, user
 turns, tool results, assistant headers) and, with ``mask_history``, every response but the last. Each response keeps
@@ -275,18 +275,21 @@ def encode_dataset(
     on_progress: Callable[[int, int], None] | None = None,
     chunk_size: int = 1024,
     share_prefix_samples: int = 0,
+    share_prefix_trained_tokens: int = 0,
 ) -> EncodeReport:
     """Every conversation, in order; those that yield no sample are listed in ``skipped`` with the reason.
 
     ``packing``: samples first-fit into ``cutoff_len`` rows; ``share_prefix``: samples whose prompts start alike
-    (system prompt + tool schemas) share one copy of that start in a row (``share_prefixes``), at most
-    ``share_prefix_samples`` samples to a row when that is above 0."""
+    (system prompt + tool schemas) share one copy of that start in a row (``share_prefixes``), with at most
+    ``share_prefix_samples`` samples and ``share_prefix_trained_tokens`` trained tokens to a row when above 0."""
     if packing and share_prefix:
         raise EncodeError("--packing and --share_prefix exclude each other: choose one way of filling rows")
-    if share_prefix_samples < 0:
-        raise EncodeError(f"--share_prefix_samples {share_prefix_samples}: give 0 (as many as fit) or a positive count")
-    if share_prefix_samples and not share_prefix:
-        raise EncodeError("--share_prefix_samples caps the rows of --share_prefix: set --share_prefix true too")
+    for flag, cap in (("share_prefix_samples", share_prefix_samples),
+                      ("share_prefix_trained_tokens", share_prefix_trained_tokens)):
+        if cap < 0:
+            raise EncodeError(f"--{flag} {cap}: give 0 (no limit) or a positive count")
+        if cap and not share_prefix:
+            raise EncodeError(f"--{flag} caps the rows of --share_prefix: set --share_prefix true too")
     report = EncodeReport(cutoff_len=cutoff_len, policy=policy)
     for start in range(0, len(conversations), chunk_size):
         chunk = conversations[start : start + chunk_size]
@@ -309,7 +312,8 @@ def encode_dataset(
     if packing:
         report.blocks = pack_samples(report.samples, cutoff_len)
     elif share_prefix:
-        report.blocks = share_prefixes(report.samples, cutoff_len, max_samples=share_prefix_samples)
+        report.blocks = share_prefixes(report.samples, cutoff_len, max_samples=share_prefix_samples,
+                                       max_trained=share_prefix_trained_tokens)
         report.shared_prefixes = True
     return report
 
@@ -366,7 +370,7 @@ def _common_length(a: list[int], b: list[int]) -> int:
 
 
 def share_prefixes(samples: list[Encoded], cutoff_len: int, min_saved: int = MIN_SHARED_PREFIX,
-                   max_samples: int = 0) -> list[PackedBlock]:
+                   max_samples: int = 0, max_trained: int = 0) -> list[PackedBlock]:
     """Rows of samples whose token ids start alike, holding that start once.
 
     Tool-calling prompts are mostly the system prompt and the tool schemas, the same for every sample that offers
@@ -374,11 +378,15 @@ def share_prefixes(samples: list[Encoded], cutoff_len: int, min_saved: int = MIN
     prefix and to itself only, with its own positions (``PackedBlock``). Samples are visited in token order, so
     those with the longest common starts are neighbours, and a sample joins the current row while that saves at
     least ``min_saved`` tokens (a shorter common start re-exposes the tokens the row's other samples shared) and the
-    row stays within ``cutoff_len`` (and holds at most ``max_samples`` when that is above 0: each row is one
-    optimizer step, so a row of 13 cheap single-call samples gives them one step where rows of 4 give them three).
-    Every sample is in exactly one row, most of them in rows of one when nothing is shared."""
+    row stays within ``cutoff_len``. Each row is one optimizer step, so how full rows get decides how the steps are
+    spread over the data (a row of 13 cheap single-call samples gives them one step per epoch, the same as a row
+    holding one two-call sample); ``max_samples`` and ``max_trained``, when above 0, cap a row's samples and its
+    trained tokens — the latter spreads steps by how much each sample has to learn (a sample over the cap sits
+    alone). Every sample is in exactly one row, most of them in rows of one when nothing is shared."""
     order = sorted(range(len(samples)), key=lambda i: (samples[i].input_ids, i))
+    trained = [sample.trained_tokens for sample in samples]
     rows: list[tuple[int, list[int]]] = []  # (shared length, members)
+    rows_trained: list[int] = []  # trained tokens in each row
     for i in order:
         ids = samples[i].input_ids
         if len(ids) > cutoff_len:
@@ -389,11 +397,14 @@ def share_prefixes(samples: list[Encoded], cutoff_len: int, min_saved: int = MIN
             common = min(shared, limit, _common_length(samples[members[0]].input_ids, ids))
             saved = common - (len(members) - 1) * (shared - common)
             row_length = common + sum(len(samples[m].input_ids) - common for m in members) + len(ids) - common
-            room = max_samples <= 0 or len(members) < max_samples
+            room = (max_samples <= 0 or len(members) < max_samples) and (
+                max_trained <= 0 or rows_trained[-1] + trained[i] <= max_trained)
             if saved >= min_saved and row_length <= cutoff_len and room:
                 rows[-1] = (common, [*members, i])
+                rows_trained[-1] += trained[i]
                 continue
         rows.append((limit, [i]))
+        rows_trained.append(trained[i])
     blocks: list[PackedBlock] = []
     for shared, members in rows:
         if len(members) == 1:

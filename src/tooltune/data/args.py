@@ -76,6 +76,12 @@ class DataArguments:
         metadata={"help": "With share_prefix: at most N samples to a row (0: as many as fit). Each row is one "
                           "optimizer step, so smaller rows give samples that share a prompt more steps."},
     )
+    share_prefix_trained_tokens: int = field(
+        default=0,
+        metadata={"help": "With share_prefix: at most N trained tokens to a row (0: no limit), so steps are spread "
+                          "by what samples have to learn: cheap single calls get more steps, two-call samples keep "
+                          "theirs (a sample over N sits alone)."},
+    )
     strict: bool = field(default=False, metadata={"help": "Make any rejected record an error."})
 
     def dataset_names(self) -> list[str]:

@@ -44,6 +44,7 @@ def prepare_dataset(
             share_prefix=share_prefix,
             on_progress=on_progress,
             share_prefix_samples=args.share_prefix_samples,
+            share_prefix_trained_tokens=args.share_prefix_trained_tokens,
         )
 
     train = encode(train_convs, args.packing, args.share_prefix)

@@ -53,7 +53,9 @@ def prepare_data(data_args: Any, tokenizer: Any) -> PreparedData:
     }
     train_report = encode_dataset(train_convs, template, packing=data_args.packing,
                                   share_prefix=getattr(data_args, "share_prefix", False),
-                                  share_prefix_samples=getattr(data_args, "share_prefix_samples", 0), **options)
+                                  share_prefix_samples=getattr(data_args, "share_prefix_samples", 0),
+                                  share_prefix_trained_tokens=getattr(data_args, "share_prefix_trained_tokens", 0),
+                                  **options)
     eval_report = encode_dataset(eval_convs, template, **options) if eval_convs else None
     # Packed rows carry per-sample position and segment ids; the collator passes them on.
     train = list(train_report.blocks) if train_report.blocks is not None else list(train_report.samples)
