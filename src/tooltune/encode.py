@@ -384,29 +384,27 @@ def share_prefixes(samples: list[Encoded], cutoff_len: int, min_saved: int = MIN
     trained tokens — the latter spreads steps by how much each sample has to learn (a sample over the cap sits
     alone). Every sample is in exactly one row, most of them in rows of one when nothing is shared."""
     order = sorted(range(len(samples)), key=lambda i: (samples[i].input_ids, i))
-    trained = [sample.trained_tokens for sample in samples]
-    rows: list[tuple[int, list[int]]] = []  # (shared length, members)
-    rows_trained: list[int] = []  # trained tokens in each row
+    # Trained tokens are counted only when a cap reads them (otherwise a pass over every label for nothing).
+    trained = [sample.trained_tokens for sample in samples] if max_trained > 0 else [0] * len(samples)
+    rows: list[tuple[int, list[int], int]] = []  # (shared length, members, their trained tokens)
     for i in order:
         ids = samples[i].input_ids
         if len(ids) > cutoff_len:
             raise EncodeError(f"{samples[i].where()}: {len(ids)} tokens do not fit a {cutoff_len}-token row")
         limit = shareable_length(samples[i])
         if rows:
-            shared, members = rows[-1]
+            shared, members, row_trained = rows[-1]
             common = min(shared, limit, _common_length(samples[members[0]].input_ids, ids))
             saved = common - (len(members) - 1) * (shared - common)
             row_length = common + sum(len(samples[m].input_ids) - common for m in members) + len(ids) - common
             room = (max_samples <= 0 or len(members) < max_samples) and (
-                max_trained <= 0 or rows_trained[-1] + trained[i] <= max_trained)
+                max_trained <= 0 or row_trained + trained[i] <= max_trained)
             if saved >= min_saved and row_length <= cutoff_len and room:
-                rows[-1] = (common, [*members, i])
-                rows_trained[-1] += trained[i]
+                rows[-1] = (common, [*members, i], row_trained + trained[i])
                 continue
-        rows.append((limit, [i]))
-        rows_trained.append(trained[i])
+        rows.append((limit, [i], trained[i]))
     blocks: list[PackedBlock] = []
-    for shared, members in rows:
+    for shared, members, _ in rows:
         if len(members) == 1:
             shared = 0  # alone in its row: nothing to share
         members.sort()
