@@ -54,10 +54,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
-STREAMS = {  # one request per API, both long enough to be running when the signal comes
+STREAMS = {  # one request per API, both long enough to be running when the signal comes: greedy, because a sampled
+    # story from the 135M model can end on its own within the grace period (seen in CI: the OpenAI stream closed
+    # normally after ~87 tokens, so it never got the shutdown error); greedy runs past 400 tokens without an EOS.
     "ollama": ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": "Write a very long story."}],
-                             "options": {"num_predict": 1000}}),
-    "openai": ("/v1/chat/completions", {"model": "m", "stream": True, "max_tokens": 1000,
+                             "options": {"num_predict": 1000, "temperature": 0}}),
+    "openai": ("/v1/chat/completions", {"model": "m", "stream": True, "max_tokens": 1000, "temperature": 0,
                                         "messages": [{"role": "user", "content": "Write a very long story."}]}),
 }
 
