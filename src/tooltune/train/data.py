@@ -32,31 +32,16 @@ class PreparedData:
 
 
 def prepare_data(data_args: Any, tokenizer: Any) -> PreparedData:
-    from tooltune.data import load_conversations, split_train_val
-    from tooltune.encode import encode_dataset
-    from tooltune.templates import get_template
+    """The trainer's view of ``prepare_dataset``: the one path ``preprocess``/``preview`` take too, so a data option
+    reaches training without being passed twice."""
+    from tooltune.data.prepare import prepare_dataset
 
     if not data_args.dataset:
         raise TrainDataError("--dataset is required (a name in dataset_info.json or a .json/.jsonl path)")
-    report = load_conversations(data_args)
-    if not report.conversations:
-        raise TrainDataError(f"--dataset {data_args.dataset}: no usable records ({len(report.rejected)} rejected)")
-    template = get_template(data_args.template, tokenizer, default_system=data_args.default_system,
-                            thinking=getattr(data_args, "thinking", "keep"),
-                            tool_view=getattr(data_args, "tool_view", "as_given"))
-    train_convs, eval_convs = split_train_val(report.conversations, data_args.val_size, data_args.seed)
-    options = {
-        "cutoff_len": data_args.cutoff_len,
-        "policy": data_args.cutoff_policy,
-        "train_on_prompt": data_args.train_on_prompt,
-        "mask_history": data_args.mask_history,
-    }
-    train_report = encode_dataset(train_convs, template, packing=data_args.packing,
-                                  share_prefix=getattr(data_args, "share_prefix", False),
-                                  share_prefix_samples=getattr(data_args, "share_prefix_samples", 0),
-                                  share_prefix_trained_tokens=getattr(data_args, "share_prefix_trained_tokens", 0),
-                                  **options)
-    eval_report = encode_dataset(eval_convs, template, **options) if eval_convs else None
+    prepared = prepare_dataset(data_args, tokenizer)
+    load, train_report, eval_report = prepared.load, prepared.train, prepared.val
+    if not load.conversations:
+        raise TrainDataError(f"--dataset {data_args.dataset}: no usable records ({len(load.rejected)} rejected)")
     # Packed rows carry per-sample position and segment ids; the collator passes them on.
     train = list(train_report.blocks) if train_report.blocks is not None else list(train_report.samples)
     if not train:
@@ -64,8 +49,8 @@ def prepare_data(data_args: Any, tokenizer: Any) -> PreparedData:
     return PreparedData(
         train=train,
         eval=list(eval_report.samples) if eval_report else [],
-        chat_template=template.jinja_chat_template,
-        rejected=[_describe(r) for r in report.rejected],
+        chat_template=prepared.template.jinja_chat_template,
+        rejected=[_describe(r) for r in load.rejected],
         skipped=[_describe(s) for s in [*train_report.skipped, *(eval_report.skipped if eval_report else [])]],
         sharing=train_report.sharing_summary() if train_report.shared_prefixes else None,
         packed_samples=len(train_report.samples) if train_report.blocks is not None else 0,
