@@ -9,7 +9,13 @@ import torch
 
 from tooltune.train.args import FinetuningArguments, ModelArguments, TrainArguments, TrainConfigError
 from tooltune.train.batching import EncodedDataset, LengthGroupedSampler, PadToLongestCollator, padding_waste
-from tooltune.train.loss import TrainedPositionsHead, causal_lm_loss, find_lm_head
+from tooltune.train.loss import (
+    TrainedPositionsHead,
+    causal_lm_loss,
+    decision_token_weights,
+    find_lm_head,
+    next_token_targets,
+)
 
 
 class Sample:
@@ -70,6 +76,56 @@ def test_trained_positions_loss_equals_full_loss(tiny_llama_dir, num_items):
     torch.testing.assert_close(fast_loss, full_loss, rtol=1e-5, atol=1e-6)
     for fast, full in zip(fast_grads, full_grads, strict=True):
         torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-7)
+
+
+def test_decision_weights_mark_the_trained_token_after_each_whole_marker():
+    marker = [7, 8]
+    labels = torch.tensor([
+        [-100, -100, 5, 7, 8, 6, 7, 8, 9, 7],  # two markers, each followed by a trained token; a lone 7 at the end
+        [-100, -100, 7, 8, -100, 8, 7, 8, 2, -100],  # a marker before the prompt resumes; one before the reply's end
+    ])
+    weights = decision_token_weights(labels, marker, 3.0)
+    mask, targets = next_token_targets(labels)
+    assert targets.tolist() == [5, 7, 8, 6, 7, 8, 9, 7, 7, 8, 8, 7, 8, 2]
+    assert weights.tolist() == [1, 1, 1, 3, 1, 1, 3, 1, 1, 1, 1, 1, 1, 3]
+    assert decision_token_weights(labels, marker, 1.0).tolist() == [1.0] * 14
+
+
+@pytest.mark.parametrize("path", ["full", "trained", "fused"])
+def test_decision_weight_scales_those_tokens_loss_and_gradient_on_every_head_path(tiny_llama_dir, path):
+    """The weighted loss is the plain per-token cross-entropy with the decision tokens counted ``w`` times, divided
+    by the same trained-token count, and every head path (full logits, trained positions, fused) gives it and its
+    gradient alike."""
+    import torch.nn.functional as F
+
+    model = _tiny_lora(tiny_llama_dir)
+    batch = _batch(model.config.vocab_size)
+    marker = [3, 4]  # ids below 5 never occur in the random batch: plant the marker where it should count
+    for row, at in ((0, 9), (0, 19), (1, 11)):
+        batch["input_ids"][row, at:at + 2] = torch.tensor(marker)
+        batch["labels"][row, at:at + 2] = torch.tensor(marker)
+    params = [p for p in model.parameters() if p.requires_grad]
+    mask, targets = next_token_targets(batch["labels"])
+    weights = decision_token_weights(batch["labels"], marker, 4.0)
+    assert int((weights == 4.0).sum()) == 3
+
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    per_token = F.cross_entropy(logits[mask].float(), targets, reduction="none")
+    expected = (per_token * weights).sum() / 16
+    expected_grads = torch.autograd.grad(expected, params)
+    head = None if path == "full" else TrainedPositionsHead(find_lm_head(model), fused=path == "fused")
+    loss, _, trained = causal_lm_loss(model, batch, head, None, decision=(marker, 4.0))
+    grads = torch.autograd.grad(loss, params)
+    if head is not None:
+        head.remove()
+    assert trained == 16
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert float(loss.detach()) > float(per_token.mean().detach())  # the weighted tokens count more
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    # weight 1 is plain SFT on every path
+    plain, _, _ = causal_lm_loss(model, batch, None, None, decision=(marker, 1.0))
+    torch.testing.assert_close(plain, per_token.mean(), rtol=1e-5, atol=1e-6)
 
 
 def test_head_hook_is_inactive_outside_loss(tiny_llama_dir):

@@ -181,6 +181,20 @@ def test_loraplus_and_neftune(tmp_path, tiny_llama_dir):
         train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, tmp_path / "bad", loraplus_lr_ratio=0)))
 
 
+def test_decision_weight_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
+    """--decision_weight through the whole training path: the first step's loss counts the token after each
+    </tool_call> several times, so it is above the plain loss of the same batch, and an adapter is written."""
+    data_dir = write_mini_dataset(tmp_path / "data")
+
+    def first_loss(out, **flags):
+        train(*parse_into(CLASSES, seed_argv(tiny_llama_dir, data_dir, out, max_steps=1, num_train_epochs=1,
+                                              **flags)))
+        assert (out / "adapter_model.safetensors").is_file()
+        return [r["loss"] for r in read_log(out / "trainer_log.jsonl") if "loss" in r][0]
+
+    assert first_loss(tmp_path / "weighted", decision_weight=8) > first_loss(tmp_path / "plain")
+
+
 def test_cache_prompt_trains_from_the_seed_command(tmp_path, tiny_llama_dir):
     """--cache_prompt through the whole training path (batches of 2 with right padding, accumulation): the first
     step's loss is the full pass's to float precision, an adapter is written, and the settings it cannot serve

@@ -54,6 +54,12 @@ class Template(ABC):
     def jinja_chat_template(self) -> str:
         """A Jinja chat template that renders exactly the training layout (saved with exported models)."""
 
+    @property
+    def call_close(self) -> str | None:
+        """The text that closes one tool call in a reply — the token trained after it decides between another call
+        and the end of the turn (``decision_weight``) — or None where calls have no closing marker of their own."""
+        return None
+
     def render_text(self, conv: Conversation) -> str:
         return "".join(turn.prompt + turn.response for turn in self.turns(conv))
 

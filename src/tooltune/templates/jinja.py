@@ -32,6 +32,7 @@ from tooltune.conversation import Conversation, Tool, openai_tool
 from tooltune.families import detect
 from tooltune.families.family import Family
 from tooltune.templates.base import Template, TemplateError, TokenTurns, Turn
+from tooltune.toolcalls import CLOSE_TAG
 
 Thinking = Literal["keep", "empty", "off"]
 THINKING_POLICIES: tuple[str, ...] = ("keep", "empty", "off")
@@ -309,6 +310,12 @@ class JinjaTemplate(Template):
 
     def render_prompt(self, conversation_prefix: Conversation) -> str:
         return self._render(conversation_prefix, len(conversation_prefix.messages), True)
+
+    @property
+    def call_close(self) -> str | None:
+        # Hermes-style families close each call with </tool_call>; the others write all calls in one list, where
+        # no marker ends a single call.
+        return CLOSE_TAG if self.family is not None and self.family.call_syntax == "hermes" else None
 
     @property
     def jinja_chat_template(self) -> str:

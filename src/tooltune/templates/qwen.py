@@ -24,6 +24,7 @@ from typing import Any
 
 from tooltune.conversation import Conversation, Message, Tool
 from tooltune.templates.base import Template, TemplateError, Turn
+from tooltune.toolcalls import CLOSE_TAG
 
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 TOOLS_HEADER = (
@@ -142,6 +143,10 @@ class QwenTemplate(Template):
         if not groups or groups[-1][0] == "response":
             text += ASSISTANT_HEADER
         return text
+
+    @property
+    def call_close(self) -> str | None:
+        return CLOSE_TAG
 
     @property
     def jinja_chat_template(self) -> str:

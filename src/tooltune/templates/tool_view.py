@@ -58,5 +58,9 @@ class OllamaToolView(Template):
     def jinja_chat_template(self) -> str:
         return self.inner.jinja_chat_template
 
+    @property
+    def call_close(self) -> str | None:
+        return self.inner.call_close
+
     def __getattr__(self, name: str) -> Any:  # family, source, thinking ... of the wrapped template
         return getattr(self.inner, name)

@@ -121,6 +121,15 @@ class TrainArguments:
             "checkpointing off"
         ),
     )
+    decision_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "loss weight of the token trained right after each tool call's closing marker (</tool_call>): it decides "
+            "between another call and the end of the turn, one token against the whole call, so a set rich in "
+            "single calls teaches the model to stop after one call of a parallel request (docs/train.md). 1 = plain "
+            "SFT; needs a template whose calls close with a marker (qwen and the Hermes-style families)"
+        ),
+    )
     logging_steps: int = field(default=10, metadata=_help("log loss/lr every N optimizer steps"))
     save_steps: int = field(default=500, metadata=_help("write a checkpoint every N optimizer steps"))
     save_total_limit: int | None = field(default=None, metadata=_help("keep only the newest N checkpoints"))
@@ -153,6 +162,7 @@ def validate(finetune: FinetuningArguments, training: TrainArguments) -> None:
         (training.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be at least 1"),
         (training.num_train_epochs > 0 or training.max_steps > 0, "--num_train_epochs must be > 0 (or set max_steps)"),
         (training.learning_rate > 0, "--learning_rate must be > 0"),
+        (training.decision_weight > 0, "--decision_weight must be > 0 (1 = plain SFT)"),
         (training.warmup_steps >= 0, "--warmup_steps must be >= 0"),
         (0.0 <= training.warmup_ratio < 1.0, "--warmup_ratio must be in [0, 1)"),
         (training.logging_steps >= 1, "--logging_steps must be at least 1"),

@@ -21,6 +21,7 @@ class PreparedData:
     skipped: list[str] = field(default_factory=list)  # conversations the encoder could not fit / encode
     sharing: str | None = None  # with share_prefix: samples, rows and tokens before → after
     packed_samples: int = 0  # samples held in the rows of ``train`` when rows hold several (packing, share_prefix)
+    call_close: str | None = None  # the template's call-closing marker (``decision_weight``)
 
     @property
     def tokens(self) -> int:
@@ -54,7 +55,29 @@ def prepare_data(data_args: Any, tokenizer: Any) -> PreparedData:
         skipped=[_describe(s) for s in [*train_report.skipped, *(eval_report.skipped if eval_report else [])]],
         sharing=train_report.sharing_summary() if train_report.shared_prefixes else None,
         packed_samples=len(train_report.samples) if train_report.blocks is not None else 0,
+        call_close=prepared.template.call_close,
     )
+
+
+def decision_marker(data: PreparedData, tokenizer: Any, weight: float, template: str) -> tuple[list[int], int]:
+    """The call-close marker's token ids and how many trained tokens follow it in ``data.train``; raises when the
+    weight could not apply (no marker in this template, or none trained)."""
+    if data.call_close is None:
+        raise TrainDataError(f"--decision_weight {weight:g}: --template {template} writes tool calls without a "
+                             "closing marker of their own (all calls in one list); use 1, or a template whose calls "
+                             "close with </tool_call> (qwen, or a Hermes-style family such as qwen3 or smollm3)")
+    marker = tokenizer.encode(data.call_close, add_special_tokens=False)
+    span = len(marker)
+    found = 0
+    for sample in data.train:
+        labels = list(sample.labels)
+        found += sum(1 for end in range(span, len(labels)) if labels[end] != -100
+                     and labels[end - span:end] == marker)
+    if not found:
+        raise TrainDataError(f"--decision_weight {weight:g}: no trained token follows {data.call_close} "
+                             f"(token ids {marker}) in the training data — no tool calls, or the tokenizer splits the "
+                             "marker differently in context")
+    return marker, found
 
 
 def _describe(item: Any) -> str:

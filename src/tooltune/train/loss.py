@@ -63,7 +63,8 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+        token_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         rows = hidden.shape[0]
         chunk = max(1, FUSED_CHUNK_BYTES // (4 * weight.shape[0]))
@@ -75,18 +76,22 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
             target = targets[start:stop]
             target_logit = logits.gather(1, target[:, None]).squeeze(1)
             log_normaliser = torch.logsumexp(logits, dim=-1)
-            total += (log_normaliser - target_logit).sum()
+            scale = None if token_weights is None else token_weights[start:stop].float()
+            losses = log_normaliser - target_logit
+            total += (losses if scale is None else losses * scale).sum()
             if grad_hidden is not None:
                 probs = logits.sub_(log_normaliser[:, None]).exp_()  # softmax, in the logits' own memory
                 probs[torch.arange(stop - start, device=probs.device), target] -= 1.0
+                if scale is not None:
+                    probs.mul_(scale[:, None])
                 grad_hidden[start:stop] = probs.to(weight.dtype) @ weight
         ctx.save_for_backward(grad_hidden if grad_hidden is not None else hidden.new_empty(0))
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None
+        return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None, None
 
 
 class TrainedPositionsHead:
@@ -97,6 +102,7 @@ class TrainedPositionsHead:
         self.lm_head = lm_head
         self.mask: torch.Tensor | None = None
         self.targets: torch.Tensor | None = None
+        self.token_weights: torch.Tensor | None = None  # per target, with ``decision_weight``
         self.fused = fused
         self._handle = lm_head.register_forward_pre_hook(self._select)
         self._original_forward = None
@@ -110,7 +116,7 @@ class TrainedPositionsHead:
         if self.targets is None:
             return self._original_forward(hidden)
         bias = getattr(self.lm_head, "bias", None)
-        return _FrozenHeadCrossEntropy.apply(hidden, self.lm_head.weight, bias, self.targets)
+        return _FrozenHeadCrossEntropy.apply(hidden, self.lm_head.weight, bias, self.targets, self.token_weights)
 
     def _select(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if self.mask is None:
@@ -232,12 +238,34 @@ def run_prompt_cached(
     return rest, mask[:, prefix:]
 
 
+def decision_token_weights(labels: torch.Tensor, marker: list[int], weight: float) -> torch.Tensor:
+    """Per trained target (in ``next_token_targets`` order): ``weight`` for the token trained right after each whole
+    ``marker`` run of trained labels (the call-close marker: what follows it decides between another call and the
+    end of the turn), 1 elsewhere."""
+    per_label = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+    span = len(marker)
+    length = labels.shape[1]
+    if span and length > span:
+        found = torch.ones((labels.shape[0], length - span), dtype=torch.bool, device=labels.device)
+        for offset, token in enumerate(marker):
+            found &= labels[:, offset:length - span + offset] == token
+        after = torch.zeros_like(per_label, dtype=torch.bool)
+        after[:, span:] = found
+        after &= labels != IGNORE_INDEX
+        per_label[after] = weight
+    mask, _ = next_token_targets(labels)
+    shifted = torch.ones_like(per_label)
+    shifted[:, :-1] = per_label[:, 1:]
+    return shifted[mask]
+
+
 def causal_lm_loss(
     model: nn.Module,
     inputs: dict[str, torch.Tensor],
     head: TrainedPositionsHead | None,
     num_items_in_batch: int | torch.Tensor | None = None,
     cache_prompt: bool = False,
+    decision: tuple[list[int], float] | None = None,
 ) -> tuple[torch.Tensor, Any, int]:
     """Sum of next-token cross-entropy over trained positions, divided by ``num_items_in_batch`` (the trained tokens
     across the accumulated batch, as transformers counts them) or by this batch's count.
@@ -250,16 +278,19 @@ def causal_lm_loss(
     labels = inputs["labels"]
     model_inputs = with_segment_attention(model, {k: v for k, v in inputs.items() if k != "labels"})
     mask, targets = next_token_targets(labels)
+    token_weights = decision_token_weights(labels, *decision) if decision and model.training else None
     if cache_prompt and model.training:
         model_inputs, mask = run_prompt_cached(model, model_inputs, mask, head)
     if head is not None:
         head.mask = mask
         head.targets = targets if head.fused else None
+        head.token_weights = token_weights if head.fused else None
         try:
             outputs = model(**model_inputs)
         finally:
             head.mask = None
             head.targets = None
+            head.token_weights = None
         logits = outputs.logits
         if head.fused:
             if logits.dim() != 0:
@@ -275,7 +306,8 @@ def causal_lm_loss(
     if head is not None and head.fused:
         total = outputs.logits.float()
     else:
-        total = F.cross_entropy(logits.float(), targets, reduction="sum")
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        total = (losses if token_weights is None else losses * token_weights).sum()
     if num_items_in_batch is not None:
         denominator = num_items_in_batch
         if isinstance(denominator, torch.Tensor):

@@ -29,7 +29,7 @@ from tooltune.train.checkpoints import (
     clear_stale_staging,
     resolve_resume,
 )
-from tooltune.train.data import PreparedData, prepare_data
+from tooltune.train.data import PreparedData, decision_marker, prepare_data
 from tooltune.train.device import Precision, avoid_cudnn_attention, resolve_precision
 from tooltune.train.plan import TrainPlan, compute_plan
 
@@ -240,6 +240,10 @@ def train(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     data = prepare_data(data_args, tokenizer)
+    decision = None
+    if training_args.decision_weight != 1.0:
+        marker, decisions = decision_marker(data, tokenizer, training_args.decision_weight, data_args.template)
+        decision = (marker, training_args.decision_weight)
 
     set_seed(training_args.seed)  # LoRA init and dropout
     model = load_base_model(model_path, model_args, precision)
@@ -276,6 +280,9 @@ def train(
     )
     if main:
         print_plan(console, plan, model_path, data)
+        if decision is not None:
+            console.print(f"  decisions     {decisions} tokens after {data.call_close} weigh "
+                          f"{training_args.decision_weight:g}x in the loss", highlight=False, markup=False)
         if resume_from is not None:
             console.print(f"  resuming      from {resume_from}")
     if not training_args.do_train:
@@ -293,6 +300,7 @@ def train(
         fused_head=fused_head,
         loraplus_lr_ratio=finetune_args.loraplus_lr_ratio,
         cache_prompt=training_args.cache_prompt,
+        decision=decision,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(JsonlLogCallback(output_dir))

@@ -7,6 +7,7 @@
 - ``_save_checkpoint`` writes into a staging folder and renames the finished checkpoint into place;
 - the train sampler can group samples by length with an order fixed by ``(seed, epoch)``;
 - with ``cache_prompt`` each batch's untrained prompt runs without gradients (``tooltune.train.loss``);
+- with ``decision`` the token after each call's closing marker weighs more in the loss (``decision_weight``);
 - with ``loraplus_lr_ratio`` the optimizer gives the LoRA B matrices that multiple of the learning rate (LoRA+).
 """
 
@@ -27,9 +28,10 @@ from tooltune.train.loss import TrainedPositionsHead, causal_lm_loss, find_lm_he
 class ToolTuneTrainer(Trainer):
     def __init__(self, *args: Any, trained_positions_only: bool = True, fused_head: bool = False,
                  group_by_length: bool = False, loraplus_lr_ratio: float | None = None, cache_prompt: bool = False,
-                 **kwargs: Any):
+                 decision: tuple[list[int], float] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.cache_prompt = cache_prompt
+        self.decision = decision  # (call-close marker token ids, loss weight of the token after it), or None
         self.loraplus_lr_ratio = loraplus_lr_ratio
         self.group_by_length = group_by_length
         self.tokens_seen = 0  # input tokens (no padding) processed by this process
@@ -53,7 +55,8 @@ class ToolTuneTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        loss, outputs, trained = causal_lm_loss(model, inputs, self.head, num_items_in_batch, self.cache_prompt)
+        loss, outputs, trained = causal_lm_loss(model, inputs, self.head, num_items_in_batch, self.cache_prompt,
+                                                self.decision)
         if model.training:
             self.tokens_seen += (
                 int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
