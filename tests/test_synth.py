@@ -129,6 +129,34 @@ def test_every_pattern_is_generated_and_verified_seed_tools(tmp_path: Path) -> N
     assert [s.record for s in again.train] == [s.record for s in result.train]
 
 
+def test_offline_repeats_are_drawn_again_until_a_bucket_runs_out() -> None:
+    # WaterMachineApi in Chinese: 7 values x 2 phrasings x 4 templates (3 in the spec, and the bare request its
+    # examples teach) = 56 distinct requests. Asking for exactly 56 gives all of them (first draws alone repeat ~24);
+    # asking for 70 gives the same 56 and rejects the 14 left over as duplicates, saying they were drawn again.
+    def water(count: int, redraws: int = 50):
+        spec = load_spec(SEED_SPEC, {"languages": ["zh"], "test_size": 0, "redraws": redraws, "counts": {
+            "single": 0, "clarify": 0, "result": 0, "parallel": 0, "no_call": 0},
+            "tool_counts": {"WaterMachineApi": {"single": count}}})
+        plan, offline = prepare(spec)
+        plan.items = [i for i in plan.items if (i.tool, i.pattern) == ("WaterMachineApi", "single")]
+        return synthesize(spec, plan, offline=offline)
+
+    exact = water(56)
+    requests = {s.turns[0]["value"] for s in exact.train}
+    assert len(exact.train) == 56 and len(requests) == 56 and not exact.rejected
+    assert exact.redrawn > 0 and f"{exact.redrawn} drawn again" in exact.summary()
+    more = water(70)
+    assert {s.turns[0]["value"] for s in more.train} == requests
+    assert [r.rejection.reason for r in more.rejected] == ["duplicate"] * 14
+    assert "in 50 draws again" in more.rejected[0].rejection.detail
+    # redraws: 0 keeps the first draws and rejects each repeat at once (the seed-tools demo's measured data)
+    first = water(56, redraws=0)
+    assert first.redrawn == 0 and len(first.train) + len(first.rejected) == 56 and len(first.train) < 56
+    assert {r.rejection.detail for r in first.rejected} == {"same turns as an earlier sample"}
+    with pytest.raises(SynthError, match="redraws must be a whole number"):
+        _small_spec(redraws=-1)
+
+
 def test_outputs_load_as_a_dataset_and_as_eval_cases(tmp_path: Path) -> None:
     from tooltune.data.args import DataArguments
     from tooltune.data.loader import load_conversations

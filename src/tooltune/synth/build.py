@@ -45,6 +45,7 @@ class SynthResult:
     rejected: list[Rejected]
     seconds: float
     files: dict[str, Path] = field(default_factory=dict)
+    redrawn: int = 0  # offline samples drawn again because their first draw repeated a kept sample
 
     def counts(self) -> dict[str, Counter[tuple[str, str, str]]]:
         def count(samples: Iterable[Sample]) -> Counter[tuple[str, str, str]]:
@@ -58,8 +59,9 @@ class SynthResult:
         why = f" ({', '.join(f'{n} {reason}' for reason, n in reasons.most_common())})" if reasons else ""
         kept = len(self.train) + len(self.test)
         rate = kept / self.seconds if self.seconds > 0 else float("inf")
+        again = f", {self.redrawn} drawn again to avoid a repeat" if self.redrawn else ""
         return (f"synth: {len(self.plan.items)} planned → {len(self.train)} train + {len(self.test)} held-out, "
-                f"{len(self.rejected)} rejected{why} · {self.seconds:.2f}s ({rate:,.0f} verified/s)")
+                f"{len(self.rejected)} rejected{why}{again} · {self.seconds:.2f}s ({rate:,.0f} verified/s)")
 
 
 Generate = Callable[[PlanItem], dict[str, Any]]
@@ -80,16 +82,29 @@ def synthesize(spec: SynthSpec, plan: Plan, generate: Generate | None = None,
     kept: list[Sample] = []
     rejected: list[Rejected] = []
     seen: set[str] = set()
+    redrawn = 0
     for item in plan.items:
         try:
             record = write(item)
         except (GenerationGap, SynthError) as exc:
             rejected.append(Rejected(item, Rejection("generation", str(exc)), None))
             continue
+        key = dedup_key(record)
+        # An offline repeat is drawn again (``spec.redraws``: other phrasings and templates, the same values; ~0.1 ms
+        # a draw), so a bucket asking for as many samples as it has distinct requests gets them all. A teacher's
+        # sample is not: each draw would be a paid request.
+        again = generate is None and item.pattern != "example" and spec.redraws > 0
+        if key in seen and again:
+            draws = 0
+            while key in seen and draws < spec.redraws:
+                draws += 1
+                record = offline.generate(item, draws).record
+                key = dedup_key(record)
+            redrawn += key not in seen
         # Near-duplicates of a kept sample are dropped before the (dearer) verification; a copy of a rejected sample
         # is verified and rejected for its own reason.
-        key = dedup_key(record)
-        problem = Rejection("duplicate", "same turns as an earlier sample") if key in seen else verifier.check(record)
+        problem = (Rejection("duplicate", "same turns as an earlier sample" + (
+            f" (and in {spec.redraws} draws again)" if again else "")) if key in seen else verifier.check(record))
         if problem is None:
             seen.add(key)
         if problem is not None:
@@ -98,7 +113,7 @@ def synthesize(spec: SynthSpec, plan: Plan, generate: Generate | None = None,
         kept.append(Sample(item, record))
     train, test, overlap = split_held_out(kept, spec.test_size, spec.seed)
     rejected += overlap
-    return SynthResult(plan, train, test, rejected, time.perf_counter() - start)
+    return SynthResult(plan, train, test, rejected, time.perf_counter() - start, redrawn=redrawn)
 
 
 def split_held_out(samples: list[Sample], test_size: float, seed: int,
@@ -203,7 +218,7 @@ def report_data(spec: SynthSpec, result: SynthResult) -> dict[str, Any]:
         "summary": result.summary(),
         "seconds": result.seconds,
         "totals": {"planned": len(result.plan.items), "train": len(result.train), "test": len(result.test),
-                   "rejected": len(result.rejected)},
+                   "rejected": len(result.rejected), "redrawn": result.redrawn},
         "rejected_by_reason": dict(Counter(r.rejection.reason for r in result.rejected)),
         "rows": rows,
         "gaps": result.plan.gaps,

@@ -2,8 +2,8 @@
 
 Every sample is a LLaMA-Factory sharegpt record (``human`` / ``gpt`` / ``function_call`` / ``observation``; parallel
 calls are one ``function_call`` holding a list and their results one ``observation`` holding a list, so turns
-alternate as LLaMA-Factory requires). The random choices of sample *i* depend only on the seed and the plan item, so
-the same spec always gives the same data.
+alternate as LLaMA-Factory requires). The random choices of sample *i* depend only on the seed, the plan item and
+the draw (``synthesize`` draws a sample again when it repeats a kept one), so the same spec always gives the same data.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class OfflineGenerator:
         self.tools_json = json.dumps(spec.raw_tools, ensure_ascii=False)
         self.openai_tools = [openai_shape(tool) for tool in spec.tools]
 
-    def generate(self, item: PlanItem) -> Sample:
+    def generate(self, item: PlanItem, draw: int = 0) -> Sample:
+        """Sample ``item``; ``draw`` > 0 draws its phrasings and templates again (its argument values stay)."""
         if item.pattern == "example":
             record = dict(self.spec.examples[item.index])
             if self.spec.distractors is not None or self.spec.tool_shape != "as_given" or "tools" not in record:
@@ -50,7 +51,7 @@ class OfflineGenerator:
             if self.spec.system:
                 record.setdefault("system", self.spec.system)
             return Sample(item, record)
-        rng = random.Random(f"{self.spec.seed}:{item.key}")
+        rng = random.Random(f"{self.spec.seed}:{item.key}" + (f":{draw}" if draw else ""))
         build = {"single": self._single, "result": self._result, "clarify": self._clarify,
                  "parallel": self._parallel, "no_call": self._no_call}[item.pattern]
         turns = build(item, rng)

@@ -23,6 +23,7 @@ A spec is a YAML/JSON mapping (every key optional except ``tools``)::
     tool_shape: mixed              # as_given (default) | openai | mixed: how samples offer the tools
     test_size: 0.15
     seed: 42
+    redraws: 50                    # offline: a sample repeating a kept one is drawn again up to N times (0: rejected)
 
 Relative paths are read from the spec's folder.
 """
@@ -116,6 +117,9 @@ class SynthSpec:
     tool_shape: str = "as_given"
     test_size: float = 0.15
     seed: int = 42
+    # Offline generator: a sample that repeats a kept one is drawn again (other phrasings and templates, the same
+    # values) up to this many times before it is rejected as a duplicate; 0 rejects it at once.
+    redraws: int = 50
     name: str = "synth"
     source: str = "<spec>"
 
@@ -225,7 +229,7 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Synt
 
 KNOWN_KEYS = {"tools", "examples", "system", "languages", "fallback_tool", "arguments", "templates", "clarify",
               "ask", "results", "no_call", "no_call_reply", "counts", "tool_counts", "grounding", "test_size", "seed",
-              "name", "distractors", "tool_shape"}
+              "name", "distractors", "tool_shape", "redraws"}
 
 
 def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>") -> SynthSpec:
@@ -293,6 +297,9 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
     tool_shape = raw.get("tool_shape", "as_given")
     if tool_shape not in TOOL_SHAPES:
         raise SynthError(f"{source}: tool_shape {tool_shape!r} must be one of {', '.join(TOOL_SHAPES)}")
+    redraws = raw.get("redraws", 50)
+    if not isinstance(redraws, int) or isinstance(redraws, bool) or redraws < 0:
+        raise SynthError(f"{source}: redraws must be a whole number ≥ 0 (0: a repeat is rejected at once)")
     test_size = float(raw.get("test_size", 0.15))
     if not 0 <= test_size < 1:
         raise SynthError(f"{source}: test_size must be in [0, 1)")
@@ -324,6 +331,7 @@ def spec_from_mapping(raw: dict[str, Any], base_dir: Path, source: str = "<spec>
         tool_shape=tool_shape,
         test_size=test_size,
         seed=int(raw.get("seed", 42)),
+        redraws=redraws,
         name=str(raw.get("name", "synth")),
         source=source,
     )
