@@ -66,13 +66,13 @@ def decision_marker(data: PreparedData, tokenizer: Any, weight: float, template:
         raise TrainDataError(f"--decision_weight {weight:g}: --template {template} writes tool calls without a "
                              "closing marker of their own (all calls in one list); use 1, or a template whose calls "
                              "close with </tool_call> (qwen, or a Hermes-style family such as qwen3 or smollm3)")
+    import torch
+
+    from tooltune.train.loss import decision_positions
+
     marker = tokenizer.encode(data.call_close, add_special_tokens=False)
-    span = len(marker)
-    found = 0
-    for sample in data.train:
-        labels = list(sample.labels)
-        found += sum(1 for end in range(span, len(labels)) if labels[end] != -100
-                     and labels[end - span:end] == marker)
+    # The loss's own definition of the weighted positions, so the plan's count is what training weighs.
+    found = sum(int(decision_positions(torch.tensor([list(sample.labels)]), marker).sum()) for sample in data.train)
     if not found:
         raise TrainDataError(f"--decision_weight {weight:g}: no trained token follows {data.call_close} "
                              f"(token ids {marker}) in the training data — no tool calls, or the tokenizer splits the "

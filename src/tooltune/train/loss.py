@@ -238,25 +238,32 @@ def run_prompt_cached(
     return rest, mask[:, prefix:]
 
 
-def decision_token_weights(labels: torch.Tensor, marker: list[int], weight: float) -> torch.Tensor:
-    """Per trained target (in ``next_token_targets`` order): ``weight`` for the token trained right after each whole
-    ``marker`` run of trained labels (the call-close marker: what follows it decides between another call and the
-    end of the turn), 1 elsewhere."""
-    per_label = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+def decision_positions(labels: torch.Tensor, marker: list[int]) -> torch.Tensor:
+    """Where a trained label follows a whole ``marker`` run of trained labels (the call-close marker: the label after
+    it decides between another call and the end of the turn), as a mask shaped like ``labels``."""
     span = len(marker)
     length = labels.shape[1]
+    after = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
     if span and length > span:
         found = torch.ones((labels.shape[0], length - span), dtype=torch.bool, device=labels.device)
         for offset, token in enumerate(marker):
             found &= labels[:, offset:length - span + offset] == token
-        after = torch.zeros_like(per_label, dtype=torch.bool)
         after[:, span:] = found
         after &= labels != IGNORE_INDEX
-        per_label[after] = weight
-    mask, _ = next_token_targets(labels)
-    shifted = torch.ones_like(per_label)
-    shifted[:, :-1] = per_label[:, 1:]
-    return shifted[mask]
+    return after
+
+
+def decision_token_weights(labels: torch.Tensor, marker: list[int], weight: float,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per trained target (in ``next_token_targets`` order, whose ``mask`` the caller may pass): ``weight`` at the
+    ``decision_positions``, 1 elsewhere."""
+    if mask is None:
+        mask, _ = next_token_targets(labels)
+    shifted = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    shifted[:, :-1] = decision_positions(labels, marker)[:, 1:]
+    weights = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+    weights[shifted] = weight
+    return weights[mask]
 
 
 def causal_lm_loss(
@@ -278,7 +285,7 @@ def causal_lm_loss(
     labels = inputs["labels"]
     model_inputs = with_segment_attention(model, {k: v for k, v in inputs.items() if k != "labels"})
     mask, targets = next_token_targets(labels)
-    token_weights = decision_token_weights(labels, *decision) if decision and model.training else None
+    token_weights = decision_token_weights(labels, *decision, mask=mask) if decision and model.training else None
     if cache_prompt and model.training:
         model_inputs, mask = run_prompt_cached(model, model_inputs, mask, head)
     if head is not None:
